@@ -1,0 +1,240 @@
+// loom/backend/cpu/fused.hpp — runs a fused elementwise group as one strided loop nest: every leaf is
+// read through broadcast strides, inner rows use Eigen's packet math where every op has it, rows are
+// spread over OpenMP threads when the destinations are owned buffers.
+#pragma once
+#include <limits>
+#include <tuple>
+#include <utility>
+
+#include "../../expr/expr.hpp"
+#include "../../expr/slots.hpp"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace loom::backend::cpu {
+
+namespace ei = Eigen::internal;
+
+/// What a fused loop does with each computed value at its destination.
+enum class Mode { assign, add, max };
+
+/// Counters the tests read (loops run, elements written); cheap enough to keep always on.
+struct FusedStats {
+  std::size_t loops = 0;
+};
+inline FusedStats& fused_stats() {
+  static thread_local FusedStats s;
+  return s;
+}
+
+template <class T, std::size_t R>
+struct Access {
+  T* base = nullptr;
+  Strides<R> st{};
+  T* row = nullptr;
+  void set_row(const Dims<R>& idx) {
+    std::ptrdiff_t off = 0;
+    for (std::size_t k = 0; k + 1 < R; ++k) off += static_cast<std::ptrdiff_t>(idx[k]) * st[k];
+    row = base + off;
+  }
+  std::ptrdiff_t inner() const { return R ? st[R - 1] : 0; }
+};
+
+/// Broadcast view of a slot's value (or gradient) at loop extents `to`.
+template <class T, std::size_t RS, std::size_t R>
+Access<T, R> slot_access(const detail::SlotRec& s, bool adj, const Dims<R>& to) {
+  Dims<RS> d{};
+  Strides<RS> st{};
+  for (std::size_t i = 0; i < RS; ++i) d[i] = s.dims[i], st[i] = adj ? s.adj_strides[i] : s.strides[i];
+  return {static_cast<T*>(adj ? s.adj : s.val), broadcast_strides(d, st, to), nullptr};
+}
+
+template <class E, std::size_t R>
+struct Eval;
+
+template <class T, class S, std::size_t Slot, bool Adj, class D, std::size_t R>
+struct Eval<SlotRef<T, S, Slot, Adj, D>, R> {
+  using value_type = T;
+  static constexpr bool packetable = FloatDtype<T>;
+  Access<T, R> a;
+  Eval(const SlotRef<T, S, Slot, Adj, D>&, const detail::SlotRec* slots, const Dims<R>& to)
+      : a(slot_access<T, S::rank, R>(slots[Slot], Adj, to)) {}
+  template <class F> void visit(F&& f) { f(a.st); }
+  void set_row(const Dims<R>& idx) { a.set_row(idx); }
+  bool unit_or_zero() const { return a.inner() == 0 || a.inner() == 1; }
+  T at(std::ptrdiff_t j) const { return a.row[j * a.inner()]; }
+  template <class P> P packet(std::ptrdiff_t j) const {
+    return a.inner() ? ei::ploadu<P>(a.row + j) : ei::pset1<P>(*a.row);
+  }
+};
+
+template <class T, class D, std::size_t R>
+struct Eval<Scalar<T, D>, R> {
+  using value_type = T;
+  static constexpr bool packetable = FloatDtype<T>;
+  T v;
+  Eval(const Scalar<T, D>& s, const detail::SlotRec*, const Dims<R>&) : v(s.value) {}
+  template <class F> void visit(F&&) {}
+  void set_row(const Dims<R>&) {}
+  bool unit_or_zero() const { return true; }
+  T at(std::ptrdiff_t) const { return v; }
+  template <class P> P packet(std::ptrdiff_t) const { return ei::pset1<P>(v); }
+};
+
+template <class Op, class P, class... A>
+concept HasPacket = requires(const Op& op, const A&... a) { op.template packet<P>(a...); };
+
+template <class Op, class... A, std::size_t R>
+struct Eval<Node<Op, A...>, R> {
+  using value_type = typename Node<Op, A...>::value_type;
+  using Packet = typename ei::packet_traits<value_type>::type;
+  static constexpr bool packetable = FloatDtype<value_type> && (Eval<A, R>::packetable && ...) &&
+                                     HasPacket<Op, Packet, std::conditional_t<true, Packet, A>...>;
+  Op op;
+  std::tuple<Eval<A, R>...> c;
+  Eval(const Node<Op, A...>& n, const detail::SlotRec* slots, const Dims<R>& to)
+      : op(n.op), c(std::apply([&](const auto&... a) { return std::tuple<Eval<A, R>...>{Eval<A, R>(a, slots, to)...}; }, n.args)) {}
+  template <class F> void visit(F&& f) { std::apply([&](auto&... e) { (e.visit(f), ...); }, c); }
+  void set_row(const Dims<R>& idx) { std::apply([&](auto&... e) { (e.set_row(idx), ...); }, c); }
+  bool unit_or_zero() const { return std::apply([](const auto&... e) { return (e.unit_or_zero() && ...); }, c); }
+  value_type at(std::ptrdiff_t j) const {
+    return std::apply([&](const auto&... e) { return op.apply(static_cast<value_type>(e.at(j))...); }, c);
+  }
+  template <class P> P packet(std::ptrdiff_t j) const {
+    return std::apply([&](const auto&... e) { return op.template packet<P>(e.template packet<P>(j)...); }, c);
+  }
+};
+
+/// One destination of a fused loop and the expression written there.
+template <Mode M, class T, std::size_t R, class E>
+struct Out {
+  Access<T, R> d;
+  Eval<E, R> e;
+  bool packet_ok = false;
+
+  template <class F> void visit(F&& f) { f(d.st); e.visit(f); }
+  void set_row(const Dims<R>& idx) { d.set_row(idx); e.set_row(idx); }
+  static T combine(T a, T b) {
+    if constexpr (M == Mode::assign) return b;
+    else if constexpr (M == Mode::add) return a + b;
+    else return a >= b ? a : b;
+  }
+  void row(std::ptrdiff_t n) {
+    const std::ptrdiff_t di = d.inner();
+    T* out = d.row;
+    if (di == 0 && M != Mode::assign) {  // reduction along the row: accumulate in a register
+      T acc = e.at(0);
+      for (std::ptrdiff_t j = 1; j < n; ++j) acc = combine(acc, e.at(j));
+      *out = combine(*out, acc);
+      return;
+    }
+    std::ptrdiff_t j = 0;
+    if constexpr (Eval<E, R>::packetable && std::is_same_v<T, typename Eval<E, R>::value_type>) {
+      using P = typename ei::packet_traits<T>::type;
+      constexpr std::ptrdiff_t W = ei::unpacket_traits<P>::size;
+      if (packet_ok && W > 1)
+        for (; j + W <= n; j += W) {
+          P v = e.template packet<P>(j);
+          if constexpr (M == Mode::add) v = ei::padd(ei::ploadu<P>(out + j), v);
+          else if constexpr (M == Mode::max) v = ei::pmax(ei::ploadu<P>(out + j), v);
+          ei::pstoreu(out + j, v);
+        }
+    }
+    for (; j < n; ++j) out[j * di] = combine(out[j * di], static_cast<T>(e.at(j)));
+  }
+};
+
+template <Mode M, class T, std::size_t R, class E>
+Out<M, T, R, E> make_out(Access<T, R> d, const E& expr, const detail::SlotRec* slots, const Dims<R>& dims) {
+  return Out<M, T, R, E>{d, Eval<E, R>(expr, slots, dims)};
+}
+
+/// Runs every output over the extents `dims` in one loop nest. `parallel` says the destinations are
+/// distinct owned buffers, so rows may run on several threads.
+template <std::size_t R, class... O>
+void run_fused(Dims<R> dims, bool parallel, O... outs) {
+  ++fused_stats().loops;
+  if (numel(dims) == 0) return;
+  if constexpr (R == 0) {
+    (outs.set_row(dims), ...);
+    (outs.row(1), ...);
+  } else {
+    // Merge axes that every access walks as one run (and drop unit axes) so rows get long; the row
+    // axis is always R-1, outer axes become extent 1.
+    std::size_t cur = R - 1;
+    for (std::size_t k = R - 1; k-- > 0;) {
+      if (dims[k] == 1) continue;
+      if (dims[cur] == 1) {  // the inner run is empty so far: axis k becomes it
+        (outs.visit([&](Strides<R>& st) { st[cur] = st[k]; }), ...);
+        dims[cur] = dims[k];
+        dims[k] = 1;
+        continue;
+      }
+      bool ok = true;
+      (outs.visit([&](const Strides<R>& st) { ok = ok && st[k] == st[cur] * static_cast<std::ptrdiff_t>(dims[cur]); }), ...);
+      if (ok) {
+        dims[cur] *= dims[k];
+        dims[k] = 1;
+      } else if (cur == R - 1 && k + 1 < R - 1) {
+        cur = k;  // a new run starts at k; leave it in place
+      } else {
+        cur = k;
+      }
+    }
+    bool zero_dest = false;
+    auto mark = [&](auto& o) {
+      o.packet_ok = o.d.inner() == 1 && o.e.unit_or_zero();
+      for (std::size_t k = 0; k < R; ++k) zero_dest = zero_dest || (o.d.st[k] == 0 && dims[k] > 1);
+    };
+    (mark(outs), ...);
+    const std::size_t rows = numel(dims) / dims[R - 1];
+    const auto n = static_cast<std::ptrdiff_t>(dims[R - 1]);
+    auto run_rows = [&](std::size_t r0, std::size_t r1, auto... o) {
+      Dims<R> idx{};
+      std::size_t r = r0;
+      for (std::size_t k = R - 1; k-- > 0;) idx[k] = r % dims[k], r /= dims[k];
+      for (std::size_t row = r0; row < r1; ++row) {
+        (o.set_row(idx), ...);
+        (o.row(n), ...);
+        for (std::size_t k = R - 1; k-- > 0;) {
+          if (++idx[k] < dims[k]) break;
+          idx[k] = 0;
+        }
+      }
+    };
+#ifdef _OPENMP
+    const bool par = parallel && !zero_dest && rows > 1 && numel(dims) >= (std::size_t{1} << 15) &&
+                     omp_get_max_threads() > 1 && !omp_in_parallel();
+    if (par) {
+#pragma omp parallel
+      {
+        const std::size_t t = static_cast<std::size_t>(omp_get_thread_num()),
+                          nt = static_cast<std::size_t>(omp_get_num_threads());
+        run_rows(rows * t / nt, rows * (t + 1) / nt, outs...);
+      }
+      return;
+    }
+#else
+    (void)parallel;
+#endif
+    run_rows(0, rows, outs...);
+  }
+}
+
+}  // namespace loom::backend::cpu
+
+namespace loom::backend::cpu {
+
+/// dst (op)= src over equal extents, any strides (src read through broadcast strides if smaller).
+template <Mode M, class T, std::size_t R, std::size_t RS>
+void strided_apply(const detail::View<T, R>& dst, const detail::View<T, RS>& src) {
+  detail::SlotRec tmp{};
+  tmp.val = src.data;
+  for (std::size_t i = 0; i < RS; ++i) tmp.dims[i] = src.dims[i], tmp.strides[i] = src.strides[i];
+  run_fused<R>(dst.dims, false,
+               make_out<M>(Access<T, R>{dst.data, dst.strides, nullptr}, SlotRef<T, DynShape<RS>, 0>{}, &tmp, dst.dims));
+}
+
+}  // namespace loom::backend::cpu

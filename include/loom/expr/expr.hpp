@@ -1,0 +1,230 @@
+// loom/expr/expr.hpp — the graph is a type: leaves (Param, Input, Constant, Scalar) and Node<Op, Args...>.
+#pragma once
+#include <atomic>
+#include <memory>
+#include <string>
+#include <tuple>
+#include <type_traits>
+
+#include "../core/tensor.hpp"
+
+namespace loom {
+
+/// How the compiled program treats a node.
+enum class Kind {
+  leaf,         ///< storage owned outside the program (parameter, input, constant)
+  elementwise,  ///< fused into its consumer's loop unless shared or shape-changing
+  reduce,       ///< a fused loop over its (possibly fused) input, accumulating into its own buffer
+  view,         ///< a strided view of its input; no buffer, no copy
+  kernel        ///< a kernel writing its own buffer (matmul, concat, ...)
+};
+
+namespace detail {
+template <class E>
+inline constexpr char type_tag = 0;  // &type_tag<E> identifies the type E in constant expressions
+}  // namespace detail
+
+/// What every node offers: element type, static shape, device, node count and kind.
+template <class E>
+concept Expression = requires {
+  typename std::remove_cvref_t<E>::value_type;
+  typename std::remove_cvref_t<E>::shape_type;
+  typename std::remove_cvref_t<E>::device_type;
+  { std::remove_cvref_t<E>::node_count } -> std::convertible_to<std::size_t>;
+  { std::remove_cvref_t<E>::kind } -> std::convertible_to<Kind>;
+};
+
+template <class E>
+using value_t = typename std::remove_cvref_t<E>::value_type;
+template <class E>
+using shape_t = typename std::remove_cvref_t<E>::shape_type;
+template <class E>
+using device_t = typename std::remove_cvref_t<E>::device_type;
+
+/// Marks a gradient that does not flow (masks, comparisons, detached values).
+struct NoGrad {};
+
+// ---- leaves -------------------------------------------------------------------------------------------
+
+template <Dtype T, ShapeType S, Device D = cpu>
+struct LeafBase {
+  using value_type = T;
+  using shape_type = S;
+  using device_type = D;
+  static constexpr std::size_t node_count = 1;
+  static constexpr Kind kind = Kind::leaf;
+};
+
+/// A trainable tensor: value and gradient with stable addresses, shared by every copy of the handle.
+template <Dtype T, StaticShape S, Device D = cpu>
+class Param : public LeafBase<T, S, D> {
+ public:
+  static constexpr bool requires_grad = true;
+  explicit Param(std::string name = {}) : d_(std::make_shared<Data>()) { d_->name = std::move(name); }
+  explicit Param(const Tensor<T, S, D>& init, std::string name = {}) : Param(std::move(name)) {
+    d_->value.assign(init);
+  }
+  const Tensor<T, S, D>& value() const { return d_->value; }
+  const Tensor<T, S, D>& grad() const { return d_->grad; }
+  const std::string& name() const { return d_->name; }
+  void zero_grad() const { d_->grad.fill(T{}); }
+  const void* identity() const { return d_.get(); }
+
+ private:
+  struct Data {
+    Tensor<T, S, D> value, grad;
+    std::string name;
+  };
+  std::shared_ptr<Data> d_;
+};
+
+namespace detail {
+inline std::size_t next_input_id() {
+  static std::atomic<std::size_t> n{0};
+  return n++;
+}
+}  // namespace detail
+
+/// A placeholder bound to a tensor when the step runs; its `dyn` extents may change between steps.
+template <Dtype T, ShapeType S, Device D = cpu>
+class Input : public LeafBase<T, S, D> {
+ public:
+  static constexpr bool requires_grad = false;
+  Input() : d_(std::make_shared<Data>()) { d_->id = detail::next_input_id(); }
+  /// Binds the tensor that the next forward reads (no copy: keep it alive until then).
+  template <ShapeType S2>
+  void bind(const Tensor<T, S2, D>& t) const {
+    static_assert(S2::rank == S::rank, "loom::Input::bind: rank differs from the input's shape");
+    check_dims<S>(t.dims(), "loom::Input::bind");
+    d_->bound = Tensor<T, S, D>::wrap(t.data(), t.dims(), t.strides(), t.owner());
+  }
+  const Tensor<T, S, D>& bound() const { return d_->bound; }
+  std::size_t id() const { return d_->id; }
+  const void* identity() const { return d_.get(); }
+
+ private:
+  struct Data {
+    Tensor<T, S, D> bound;
+    std::size_t id = 0;
+  };
+  std::shared_ptr<Data> d_;
+};
+
+template <Dtype T, ShapeType S, Device D = cpu>
+Input<T, S, D> input() { return {}; }
+
+/// A tensor whose value the program reads but never differentiates.
+template <Dtype T, ShapeType S, Device D = cpu>
+class Constant : public LeafBase<T, S, D> {
+ public:
+  static constexpr bool requires_grad = false;
+  explicit Constant(const Tensor<T, S, D>& t) : t_(t) {}
+  const Tensor<T, S, D>& value() const { return t_; }
+  const void* identity() const { return t_.data(); }
+
+ private:
+  Tensor<T, S, D> t_;
+};
+
+/// A number broadcast against anything; evaluated in registers, never stored.
+template <Dtype T, Device D = cpu>
+struct Scalar : LeafBase<T, Shape<>, D> {
+  static constexpr bool requires_grad = false;
+  T value;
+  constexpr explicit Scalar(T v) : value(v) {}
+};
+
+template <class E>
+struct is_scalar : std::false_type {};
+template <class T, class D>
+struct is_scalar<Scalar<T, D>> : std::true_type {};
+
+/// Reads a slot of a compiled program: its value (Adj = false) or its gradient (Adj = true).
+/// Backward expressions are written over these.
+template <Dtype T, ShapeType S, std::size_t Slot, bool Adj = false, Device D = cpu>
+struct SlotRef : LeafBase<T, S, D> {
+  static constexpr bool requires_grad = false;
+  static constexpr std::size_t slot = Slot;
+  static constexpr bool adj = Adj;
+};
+
+// ---- interior nodes --------------------------------------------------------------------------------------
+
+namespace detail {
+
+template <class... A>
+struct first_of {
+  using type = void;
+};
+template <class A, class... R>
+struct first_of<A, R...> {
+  using type = A;
+};
+
+/// Instantiated with both element types so that the compiler's note shows them.
+template <bool Ok, class Lhs, class Rhs>
+struct check_dtype {
+  static_assert(Ok, "loom: dtype mismatch: operands have different element types (see check_dtype below)");
+};
+template <bool Ok, class Lhs, class Rhs>
+struct check_device {
+  static_assert(Ok, "loom: device mismatch: an expression mixes tensors on different devices; transfer "
+                    "explicitly (see check_device below)");
+};
+
+template <class Op, class... A>
+struct node_value {
+  using type = typename std::remove_cvref_t<typename first_of<A...>::type>::value_type;
+};
+template <class Op, class... A>
+  requires requires { typename Op::template value_type<A...>; }
+struct node_value<Op, A...> {
+  using type = typename Op::template value_type<A...>;
+};
+
+}  // namespace detail
+
+/// One operation applied to its arguments. Op says the math (shape rule, forward, VJP); Node does
+/// the graph work. Arguments are held by value: the tree is a value, copies share leaves.
+template <class Op, Expression... Args>
+struct Node {
+  using value_type = typename detail::node_value<Op, Args...>::type;
+  using shape_type = typename Op::template shape<typename Args::shape_type...>;
+  using device_type = typename detail::first_of<Args...>::type::device_type;
+  static constexpr std::size_t arity = sizeof...(Args);
+  static constexpr std::size_t node_count = 1 + (Args::node_count + ... + 0);
+  static constexpr Kind kind = Op::kind;
+  static constexpr bool requires_grad = Op::differentiable && (Args::requires_grad || ...);
+  /// Offset of child I's subtree from this node's first slot (slots are numbered in post-order).
+  static constexpr std::array<std::size_t, arity + 1> child_offset = [] {
+    std::array<std::size_t, arity + 1> r{};
+    std::size_t c[] = {Args::node_count..., 0}, acc = 0;
+    for (std::size_t i = 0; i < arity; ++i) r[i] = acc, acc += c[i];
+    r[arity] = acc;
+    return r;
+  }();
+
+  [[no_unique_address]] Op op;
+  std::tuple<Args...> args;
+
+  Node(Op o, Args... a) : op(std::move(o)), args(std::move(a)...) {}
+  template <std::size_t I>
+  const auto& arg() const { return std::get<I>(args); }
+};
+
+/// Builds a node after checking that the arguments agree on dtype and device.
+template <class Op, Expression... A>
+auto make_node(Op op, A... a) {
+  using First = typename detail::first_of<A...>::type;
+  (detail::check_device<std::is_same_v<device_t<First>, device_t<A>>, device_t<First>, device_t<A>>{}, ...);
+  if constexpr (!requires { typename Op::template value_type<A...>; })
+    (detail::check_dtype<std::is_same_v<value_t<First>, value_t<A>>, value_t<First>, value_t<A>>{}, ...);
+  return Node<Op, A...>(std::move(op), std::move(a)...);
+}
+
+template <class E>
+struct is_node : std::false_type {};
+template <class Op, class... A>
+struct is_node<Node<Op, A...>> : std::true_type {};
+
+}  // namespace loom

@@ -1,0 +1,733 @@
+// loom/expr/program.hpp — compile(expr): a program whose forward and backward passes are generated
+// from the expression's type. Buffers are planned when the run-time extents change and reused after.
+#pragma once
+#include <cstring>
+#include <limits>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "../backend/cpu/fused.hpp"
+#include "../ops/elementwise.hpp"
+#include "graph.hpp"
+#include "slots.hpp"
+
+namespace loom {
+
+namespace detail {
+
+template <class T>
+struct is_input : std::false_type {};
+template <class T, class S, class D>
+struct is_input<Input<T, S, D>> : std::true_type {};
+template <class T>
+struct is_param : std::false_type {};
+template <class T, class S, class D>
+struct is_param<Param<T, S, D>> : std::true_type {};
+template <class T>
+struct is_constant : std::false_type {};
+template <class T, class S, class D>
+struct is_constant<Constant<T, S, D>> : std::true_type {};
+
+template <class Op>
+bool same_op(const Op& a, const Op& b) {
+  if constexpr (std::is_empty_v<Op>) return true;
+  else if constexpr (std::equality_comparable<Op>) return a == b;
+  else return std::memcmp(&a, &b, sizeof(Op)) == 0;
+}
+
+template <class T>
+constexpr bool is_nograd = std::is_same_v<std::remove_cvref_t<T>, NoGrad>;
+
+/// A contribution to slot Slot's gradient, as an expression over slots.
+template <std::size_t Slot, class E>
+struct GradTo {
+  E expr;
+};
+
+}  // namespace detail
+
+/// What the program planned: sizes and counts a person (or a test) can inspect.
+struct ProgramStats {
+  std::size_t nodes = 0;            ///< nodes in the expression tree
+  std::size_t fused_nodes = 0;      ///< elementwise nodes computed inside another node's loop
+  std::size_t buffers = 0;          ///< value buffers owned by the program
+  std::size_t grad_buffers = 0;     ///< gradient buffers owned by the program
+  std::size_t deduplicated = 0;     ///< nodes found equal to an earlier one (computed once)
+  std::size_t bytes = 0;            ///< bytes of all planned buffers
+  std::size_t plans = 0;            ///< times the buffers were (re)planned
+};
+
+template <Expression Root>
+class Program {
+  using G = detail::Graph<Root>;
+  static constexpr std::size_t N = Root::node_count;
+
+ public:
+  using value_type = value_t<Root>;
+  using shape_type = shape_t<Root>;
+  static constexpr std::size_t rank = shape_type::rank;
+  static_assert(Root::kind != Kind::leaf && Root::kind != Kind::view,
+                "loom::compile: the root must compute something (wrap it in materialize())");
+
+  explicit Program(const Root& root) : root_(std::make_unique<Root>(root)) {
+    for (std::size_t i = 0; i < N; ++i) slots_[i].canon = i;
+    index<0, Root, false>(*root_);
+    dedupe<0, Root, false>(*root_);
+    std::vector<std::pair<std::size_t, std::size_t>> ids;  // (input id, slot) of distinct inputs
+    for (std::size_t s = 0; s < N; ++s)
+      if (input_id_[s] != none && slots_[s].canon == s) ids.emplace_back(input_id_[s], s);
+    std::sort(ids.begin(), ids.end());
+    for (std::size_t k = 0; k < ids.size(); ++k) input_pos_[ids[k].second] = k;
+    for (std::size_t s = 0; s < N; ++s)
+      if (input_id_[s] != none) input_pos_[s] = input_pos_[slots_[s].canon];
+    num_inputs_ = ids.size();
+    for (auto& in : info_)  // point every fused node at the materialized node whose loop computes it
+      while (in.fused_into != none && info_[in.fused_into].fused_into != none) in.fused_into = info_[in.fused_into].fused_into;
+  }
+  Program(const Program&) = delete;
+  Program& operator=(const Program&) = delete;
+  Program(Program&&) = default;
+  Program& operator=(Program&&) = default;
+
+  /// Runs the forward pass with the inputs as bound (Input::bind); returns the root's value (a view
+  /// into the program's buffer, valid until the next forward).
+  Tensor<value_type, shape_type> forward() {
+    bool changed = !planned_;
+    leaves<0, Root, false>(*root_, changed);
+    if (changed) plan();
+    fwd<0, Root, false>(*root_);
+    return value();
+  }
+  /// Binds tensors to the inputs in the order the inputs were created, then runs forward().
+  template <class... Ts>
+    requires(sizeof...(Ts) > 0)
+  Tensor<value_type, shape_type> forward(const Ts&... ts) {
+    if (sizeof...(Ts) != num_inputs_)
+      throw shape_error("loom::Program::forward: " + std::to_string(sizeof...(Ts)) + " tensors given for " +
+                        std::to_string(num_inputs_) + " inputs");
+    bind_inputs<0, Root, false>(*root_, std::tie(ts...));
+    return forward();
+  }
+  /// Adds d(sum of root)/d(param) to every parameter's grad (gradients accumulate until zero_grad()).
+  void backward() {
+    if (!planned_) throw std::logic_error("loom::Program::backward: call forward() first");
+    if constexpr (Root::requires_grad) {
+      if (adj_end_ > adj_begin_) std::memset(arena_.get() + adj_begin_, 0, adj_end_ - adj_begin_);
+      auto g = detail::adj_view<value_type, rank>(slots_[N - 1]);
+      detail::for_each_offset(g.dims, g.strides, [&](std::ptrdiff_t o) { g.data[o] = value_type{1}; });
+      bwd<0, Root, false>(*root_);
+    }
+  }
+  Tensor<value_type, shape_type> value() const {
+    auto v = detail::value_view<value_type, rank>(slots_[N - 1]);
+    return Tensor<value_type, shape_type>::wrap(v.data, v.dims, v.strides);
+  }
+  /// Throws loom::numeric_error if the root's value holds a NaN or infinity.
+  void check_finite() const {
+    bool ok = true;
+    value().for_each([&](value_type& x) { ok = ok && std::isfinite(static_cast<double>(x)); });
+    if (!ok) throw numeric_error("loom::Program: the value is not finite (NaN or inf)");
+  }
+
+  const ProgramStats& stats() const { return stats_; }
+  const Root& expression() const { return *root_; }
+
+  /// One line per node in evaluation order: slot, op, shape, and what the program does with it.
+  std::string describe() const {
+    std::ostringstream os;
+    os << "loom program: " << N << " nodes, " << stats_.buffers << " value buffers, " << stats_.grad_buffers
+       << " gradient buffers, " << stats_.bytes << " bytes planned\n";
+    for (std::size_t s = 0; s < N; ++s) {
+      os << "  %" << s << " = " << info_[s].name << "(";
+      for (std::size_t k = 0; k < info_[s].children.size(); ++k) os << (k ? ", %" : "%") << info_[s].children[k];
+      os << ") " << dims_string(s) << "  " << role(s) << "\n";
+    }
+    return os.str();
+  }
+  /// Graphviz DOT: materialized nodes are boxes (with their buffer size), fused nodes are grouped into
+  /// the cluster of the node whose loop computes them, views are dashed.
+  std::string to_dot() const {
+    std::ostringstream os;
+    os << "digraph loom {\n  rankdir=BT;\n  node [fontname=\"monospace\"];\n";
+    for (std::size_t s = 0; s < N; ++s) {
+      if (info_[s].fused_into != none) continue;
+      std::vector<std::size_t> members{s};
+      for (std::size_t t = 0; t < N; ++t)
+        if (info_[t].fused_into == s) members.push_back(t);
+      if (members.size() > 1) os << "  subgraph cluster_" << s << " {\n    label=\"fused loop %" << s << "\";\n";
+      for (auto m : members) {
+        os << "    n" << m << " [label=\"%" << m << " " << info_[m].name << "\\n" << dims_string(m);
+        if (info_[m].bytes) os << "\\n" << info_[m].bytes << " B";
+        os << "\"" << (info_[m].fused_into != none ? ", shape=ellipse" : info_[m].kind == Kind::view ? ", shape=box, style=dashed"
+                                                               : ", shape=box")
+           << "];\n";
+      }
+      if (members.size() > 1) os << "  }\n";
+    }
+    for (std::size_t s = 0; s < N; ++s)
+      for (auto c : info_[s].children) os << "  n" << slots_[c].canon << " -> n" << s << ";\n";
+    return os.str() + "}\n";
+  }
+
+ private:
+  static constexpr std::size_t none = static_cast<std::size_t>(-1);
+  struct Info {
+    std::string_view name;
+    Kind kind = Kind::leaf;
+    std::vector<std::size_t> children;
+    std::size_t fused_into = none;  // the materialized node whose loop computes this one
+    std::size_t bytes = 0;
+  };
+
+  template <std::size_t Base, class E>
+  static constexpr std::size_t slot_of = Base + E::node_count - 1;
+
+  // Calls f.template operator()<ChildBase, Child, ChildInlined>(child) for each child of node E.
+  template <std::size_t Base, class E, class F>
+  static void each_child(const E& e, F&& f) {
+    if constexpr (is_node<E>::value)
+      [&]<std::size_t... I>(std::index_sequence<I...>) {
+        (f.template operator()<Base + E::child_offset[I], detail::child_t<E, I>,
+                               G::template inlined<detail::child_t<E, I>, detail::parent_allows_inline<E, I>()>>(
+             e.template arg<I>()),
+         ...);
+      }(std::make_index_sequence<E::arity>{});
+  }
+  template <std::size_t Base, class E, class F>
+  static void each_child_reverse(const E& e, F&& f) {
+    if constexpr (is_node<E>::value)
+      [&]<std::size_t... I>(std::index_sequence<I...>) {
+        constexpr std::size_t n = E::arity;
+        (f.template operator()<Base + E::child_offset[n - 1 - I], detail::child_t<E, n - 1 - I>,
+                               G::template inlined<detail::child_t<E, n - 1 - I>,
+                                                   detail::parent_allows_inline<E, n - 1 - I>()>>(
+             e.template arg<n - 1 - I>()),
+         ...);
+      }(std::make_index_sequence<E::arity>{});
+  }
+
+  // ---- compile(): names, node addresses, deduplication -------------------------------------------------
+  template <std::size_t Base, class E, bool Inl>
+  void index(const E& e) {
+    constexpr std::size_t s = slot_of<Base, E>;
+    node_[s] = &e;
+    auto& in = info_[s];
+    in.kind = E::kind;
+    if constexpr (is_node<E>::value) {
+      in.name = decltype(e.op)::name;
+      each_child<Base>(e, [&]<std::size_t CB, class C, bool CI>(const C& c) {
+        index<CB, C, CI>(c);
+        in.children.push_back(slot_of<CB, C>);
+      });
+    } else if constexpr (detail::is_param<E>::value) {
+      in.name = "param";
+    } else if constexpr (detail::is_input<E>::value) {
+      in.name = "input";
+      input_id_[s] = e.id();
+    } else if constexpr (detail::is_constant<E>::value) {
+      in.name = "constant";
+    } else {
+      in.name = "scalar";
+    }
+    if constexpr (Inl) {
+      ++stats_.fused_nodes;
+    }
+    stats_.nodes = N;
+  }
+  template <std::size_t Base, class E, bool Inl>
+  void dedupe(const E& e) {
+    constexpr std::size_t s = slot_of<Base, E>;
+    each_child<Base>(e, [&]<std::size_t CB, class C, bool CI>(const C& c) {
+      dedupe<CB, C, CI>(c);
+      if constexpr (CI) info_[slot_of<CB, C>].fused_into = s;
+    });
+    if constexpr (G::template shared<E>) {
+      for (std::size_t t = 0; t < s; ++t) {
+        if (G::facts[t].tag != &detail::type_tag<E> || slots_[t].canon != t) continue;
+        if (same<E>(*static_cast<const E*>(node_[t]), t + 1 - E::node_count, e, Base)) {
+          slots_[s].canon = t;
+          ++stats_.deduplicated;
+          break;
+        }
+      }
+    }
+  }
+  template <class E>
+  bool same(const E& a, std::size_t base_a, const E& b, std::size_t base_b) const {
+    if constexpr (is_node<E>::value) {
+      if (!detail::same_op(a.op, b.op)) return false;
+      return [&]<std::size_t... I>(std::index_sequence<I...>) {
+        return ((slots_[base_a + E::child_offset[I] + detail::child_t<E, I>::node_count - 1].canon ==
+                 slots_[base_b + E::child_offset[I] + detail::child_t<E, I>::node_count - 1].canon) &&
+                ...);
+      }(std::make_index_sequence<E::arity>{});
+    } else if constexpr (is_scalar<E>::value) {
+      return a.value == b.value;
+    } else {
+      return a.identity() == b.identity();
+    }
+  }
+
+  // ---- binding inputs by position ------------------------------------------------------------------------
+  template <std::size_t Base, class E, bool Inl, class Tup>
+  void bind_inputs(const E& e, const Tup& ts) {
+    each_child<Base>(e, [&]<std::size_t CB, class C, bool CI>(const C& c) { bind_inputs<CB, C, CI>(c, ts); });
+    if constexpr (detail::is_input<E>::value) {
+      constexpr std::size_t s = slot_of<Base, E>;
+      if (slots_[s].canon != s) return;
+      [&]<std::size_t... K>(std::index_sequence<K...>) {
+        ([&] {
+          if (input_pos_[s] != K) return;
+          using A = std::remove_cvref_t<std::tuple_element_t<K, Tup>>;
+          if constexpr (requires { e.bind(std::get<K>(ts)); }) e.bind(std::get<K>(ts));
+          else throw shape_error("loom::Program::forward: tensor " + std::to_string(K) + " (" +
+                                 std::string(dtype_name<typename A::value_type>()) + ", rank " +
+                                 std::to_string(A::rank) + ") does not fit input of shape " +
+                                 shape_string<shape_t<E>>() + " and dtype " +
+                                 std::string(dtype_name<value_t<E>>()));
+        }(), ...);
+      }(std::make_index_sequence<std::tuple_size_v<Tup>>{});
+    }
+  }
+
+  // ---- leaves: refresh pointers every step, note changed extents --------------------------------------------
+  template <std::size_t R, class T>
+  static void set_rec(detail::SlotRec& r, T* val, T* adj, const Dims<R>& d, const Strides<R>& st) {
+    r.val = val;
+    r.adj = adj;
+    for (std::size_t i = 0; i < R; ++i) r.dims[i] = d[i], r.strides[i] = st[i], r.adj_strides[i] = st[i];
+  }
+  template <std::size_t Base, class E, bool Inl>
+  void leaves(const E& e, bool& changed) {
+    constexpr std::size_t s = slot_of<Base, E>;
+    constexpr std::size_t R = shape_t<E>::rank;
+    each_child<Base>(e, [&]<std::size_t CB, class C, bool CI>(const C& c) { leaves<CB, C, CI>(c, changed); });
+    auto& r = slots_[s];
+    if constexpr (detail::is_param<E>::value) {
+      set_rec<R>(r, e.value().data(), e.grad().data(), e.value().dims(), e.value().strides());
+    } else if constexpr (detail::is_input<E>::value || detail::is_constant<E>::value) {
+      const auto& t = [&]() -> const auto& {
+        if constexpr (detail::is_input<E>::value) return e.bound();
+        else return e.value();
+      }();
+      if (!t.data() && t.size()) throw shape_error("loom::Program::forward: an input was not bound");
+      for (std::size_t i = 0; i < R; ++i)
+        changed = changed || r.dims[i] != t.dims()[i] || r.strides[i] != t.strides()[i];
+      set_rec<R>(r, t.data(), static_cast<value_t<E>*>(nullptr), t.dims(), t.strides());
+    }
+  }
+
+  // ---- planning: extents, shape checks, buffers ----------------------------------------------------------
+  void plan() {
+    std::size_t bytes = 0;
+    auto reserve = [&](std::size_t n) {
+      std::size_t off = bytes;
+      bytes += (n + tensor_alignment - 1) / tensor_alignment * tensor_alignment;
+      return off;
+    };
+    for (auto& o : val_off_) o = none;
+    for (auto& o : adj_off_) o = none;
+    stats_.buffers = stats_.grad_buffers = 0;
+    dims_pass<0, Root, false>(*root_, reserve, false);
+    adj_begin_ = bytes;
+    dims_pass<0, Root, false>(*root_, reserve, true);
+    adj_end_ = bytes;
+    if (bytes > capacity_) {
+      arena_ = detail::allocate_aligned<std::byte>(bytes);
+      capacity_ = bytes;
+    }
+    stats_.bytes = bytes;
+    ++stats_.plans;
+    planned_ = true;
+  }
+  template <std::size_t Base, class E, bool Inl, class Reserve>
+  void dims_pass(const E& e, Reserve& reserve, bool grads) {
+    constexpr std::size_t s = slot_of<Base, E>;
+    constexpr std::size_t R = shape_t<E>::rank;
+    using T = value_t<E>;
+    each_child<Base>(e, [&]<std::size_t CB, class C, bool CI>(const C& c) { dims_pass<CB, C, CI>(c, reserve, grads); });
+    if constexpr (E::kind == Kind::leaf) {
+      return;
+    } else {
+      auto& r = slots_[s];
+      if (r.canon != s) {
+        if (!grads) {
+          const auto keep = r.canon;
+          r = slots_[keep];
+          r.canon = keep;
+        }
+        return;
+      }
+      if constexpr (E::kind == Kind::view) {
+        if (!grads) {
+          using C = detail::child_t<E, 0>;
+          auto in = detail::value_view<T, shape_t<C>::rank>(slots_[Base + C::node_count - 1]);
+          if (view_copies<Base>(e)) in.strides = contiguous_strides(in.dims);
+          const auto v = e.op.view(in);
+          for (std::size_t i = 0; i < R; ++i) r.dims[i] = v.dims[i], r.strides[i] = r.adj_strides[i] = v.strides[i];
+        }
+      } else if (!grads) {
+        Dims<R> d = node_dims<Base>(e);
+        for (std::size_t i = 0; i < R; ++i) r.dims[i] = d[i];
+        const auto st = contiguous_strides(d);
+        for (std::size_t i = 0; i < R; ++i) r.strides[i] = r.adj_strides[i] = st[i];
+      }
+      const bool owns = (E::kind == Kind::elementwise && !Inl) || E::kind == Kind::reduce || E::kind == Kind::kernel ||
+                        (E::kind == Kind::view && view_copies<Base>(e));
+      if (!owns) return;
+      std::size_t n = numel(detail::slot_dims<R>(r));
+      if constexpr (E::kind == Kind::view) n = copy_size<Base>(e);
+      if (!grads) {
+        val_off_[s] = reserve(n * sizeof(T));
+        info_[s].bytes = n * sizeof(T);
+        ++stats_.buffers;
+      } else if constexpr (E::requires_grad) {
+        adj_off_[s] = reserve(n * sizeof(T));
+        ++stats_.grad_buffers;
+      }
+    }
+  }
+  template <std::size_t Base, class E>
+  Dims<shape_t<E>::rank> node_dims(const E& e) const {
+    return [&]<std::size_t... I>(std::index_sequence<I...>) {
+      using Op = std::remove_cvref_t<decltype(e.op)>;
+      if constexpr (E::kind == Kind::elementwise) {
+        Dims<shape_t<E>::rank> d{};
+        d.fill(1);
+        (([&] {
+           using C = detail::child_t<E, I>;
+           if constexpr (!is_scalar<C>::value) {
+             auto cd = detail::slot_dims<shape_t<C>::rank>(slots_[Base + E::child_offset[I] + C::node_count - 1]);
+             d = broadcast_dims(d, cd, Op::name.data());
+           }
+         }()),
+         ...);
+        return d;
+      } else {
+        return e.op.dims(detail::slot_dims<shape_t<detail::child_t<E, I>>::rank>(
+            slots_[Base + E::child_offset[I] + detail::child_t<E, I>::node_count - 1])...);
+      }
+    }(std::make_index_sequence<E::arity>{});
+  }
+  template <std::size_t Base, class E>
+  bool view_copies(const E& e) const {
+    if constexpr (requires { e.op.needs_contiguous; }) {
+      using C = detail::child_t<E, 0>;
+      constexpr std::size_t cs = Base + C::node_count - 1;
+      return C::kind == Kind::view && !detail::value_view<value_t<C>, shape_t<C>::rank>(slots_[cs]).contiguous();
+    } else {
+      return false;
+    }
+  }
+  template <std::size_t Base, class E>
+  std::size_t copy_size(const E&) const {
+    using C = detail::child_t<E, 0>;
+    return numel(detail::slot_dims<shape_t<C>::rank>(slots_[Base + C::node_count - 1]));
+  }
+
+  // ---- forward -------------------------------------------------------------------------------------------
+  template <std::size_t Base, class E, bool Inl>
+  auto bind(const E& e) const {
+    if constexpr (is_scalar<E>::value) {
+      return e;
+    } else if constexpr (Inl) {
+      return bind_self<Base>(e);
+    } else {
+      return SlotRef<value_t<E>, shape_t<E>, slot_of<Base, E>, false, device_t<E>>{};
+    }
+  }
+  template <std::size_t Base, class E>
+  auto bind_self(const E& e) const {
+    return [&]<std::size_t... I>(std::index_sequence<I...>) {
+      return Node<std::remove_cvref_t<decltype(e.op)>,
+                  decltype(bind<Base + E::child_offset[I], detail::child_t<E, I>,
+                                G::template inlined<detail::child_t<E, I>, detail::parent_allows_inline<E, I>()>>(
+                      e.template arg<I>()))...>(
+          e.op, bind<Base + E::child_offset[I], detail::child_t<E, I>,
+                     G::template inlined<detail::child_t<E, I>, detail::parent_allows_inline<E, I>()>>(
+                    e.template arg<I>())...);
+    }(std::make_index_sequence<E::arity>{});
+  }
+  template <class T, std::size_t R>
+  backend::cpu::Access<T, R> own_access(std::size_t s, bool adj) const {
+    auto v = adj ? detail::adj_view<T, R>(slots_[s]) : detail::value_view<T, R>(slots_[s]);
+    return {v.data, v.strides, nullptr};
+  }
+
+  template <std::size_t Base, class E, bool Inl>
+  void fwd(const E& e) {
+    constexpr std::size_t s = slot_of<Base, E>;
+    constexpr std::size_t R = shape_t<E>::rank;
+    using T = value_t<E>;
+    each_child<Base>(e, [&]<std::size_t CB, class C, bool CI>(const C& c) { fwd<CB, C, CI>(c); });
+    auto& r = slots_[s];
+    if constexpr (E::kind == Kind::leaf || Inl) {
+      return;
+    } else {
+      if (r.canon != s) {
+        const auto keep = r.canon;
+        r = slots_[keep];
+        r.canon = keep;
+        return;
+      }
+      if constexpr (E::kind != Kind::view) {
+        r.val = arena_.get() + val_off_[s];
+        r.adj = adj_off_[s] != none ? arena_.get() + adj_off_[s] : nullptr;
+      }
+      if constexpr (E::kind == Kind::elementwise) {
+        const auto d = detail::slot_dims<R>(r);
+        backend::cpu::run_fused<R>(d, true,
+                                   backend::cpu::make_out<backend::cpu::Mode::assign>(own_access<T, R>(s, false),
+                                                                                      bind_self<Base>(e), slots_.data(), d));
+      } else if constexpr (E::kind == Kind::reduce) {
+        reduce_forward<Base>(e);
+      } else if constexpr (E::kind == Kind::view) {
+        view_forward<Base>(e);
+      } else {
+        [&]<std::size_t... I>(std::index_sequence<I...>) {
+          e.op.forward(detail::value_view<T, R>(r),
+                       detail::value_view<value_t<detail::child_t<E, I>>, shape_t<detail::child_t<E, I>>::rank>(
+                           slots_[Base + E::child_offset[I] + detail::child_t<E, I>::node_count - 1])...);
+        }(std::make_index_sequence<E::arity>{});
+      }
+    }
+  }
+
+  template <std::size_t Base, class E>
+  void reduce_forward(const E& e) {
+    constexpr std::size_t s = slot_of<Base, E>;
+    using C = detail::child_t<E, 0>;
+    using T = value_t<E>;
+    constexpr std::size_t RC = shape_t<C>::rank;
+    constexpr bool ci = G::template inlined<C, true>;
+    auto& r = slots_[s];
+    auto out = detail::value_view<T, shape_t<E>::rank>(r);
+    const T init = e.op.is_max ? -std::numeric_limits<T>::infinity() : T{0};
+    detail::for_each_offset(out.dims, out.strides, [&](std::ptrdiff_t o) { out.data[o] = init; });
+    const auto cd = detail::slot_dims<RC>(slots_[Base + C::node_count - 1]);
+    auto dest = backend::cpu::Access<T, RC>{out.data, e.op.kept_strides(cd, out.strides), nullptr};
+    auto expr = bind<Base, C, ci>(e.template arg<0>());
+    if (e.op.is_max)
+      backend::cpu::run_fused<RC>(cd, true, backend::cpu::make_out<backend::cpu::Mode::max>(dest, expr, slots_.data(), cd));
+    else
+      backend::cpu::run_fused<RC>(cd, true, backend::cpu::make_out<backend::cpu::Mode::add>(dest, expr, slots_.data(), cd));
+    if (e.op.is_mean) {
+      const T scale = T(1) / T(numel(cd) / std::max<std::size_t>(1, out.size()));
+      detail::for_each_offset(out.dims, out.strides, [&](std::ptrdiff_t o) { out.data[o] *= scale; });
+    }
+  }
+
+  template <std::size_t Base, class E>
+  void view_forward(const E& e) {
+    constexpr std::size_t s = slot_of<Base, E>;
+    using C = detail::child_t<E, 0>;
+    using T = value_t<E>;
+    constexpr std::size_t RC = shape_t<C>::rank, R = shape_t<E>::rank;
+    constexpr std::size_t cs = Base + C::node_count - 1;
+    auto& r = slots_[s];
+    auto in = detail::value_view<T, RC>(slots_[cs]);
+    auto gin = detail::adj_view<T, RC>(slots_[cs]);
+    if (val_off_[s] != none) {  // copy mode: the input is not laid out as the view needs
+      auto* own = reinterpret_cast<T*>(arena_.get() + val_off_[s]);
+      detail::View<T, RC> c{own, in.dims, contiguous_strides(in.dims)};
+      copy_into(c, in);
+      in = c;
+      gin = {adj_off_[s] != none ? reinterpret_cast<T*>(arena_.get() + adj_off_[s]) : nullptr, in.dims, c.strides};
+    }
+    detail::View<T, R> v = e.op.view(in), g = e.op.view(gin);
+    r.val = v.data;
+    r.adj = gin.data ? g.data : nullptr;
+    for (std::size_t i = 0; i < R; ++i) r.dims[i] = v.dims[i], r.strides[i] = v.strides[i], r.adj_strides[i] = g.strides[i];
+  }
+  template <class T, std::size_t R>
+  void copy_into(const detail::View<T, R>& dst, const detail::View<T, R>& src) const {
+    detail::SlotRec tmp{};
+    tmp.val = src.data;
+    for (std::size_t i = 0; i < R; ++i) tmp.dims[i] = src.dims[i], tmp.strides[i] = src.strides[i];
+    backend::cpu::run_fused<R>(dst.dims, true,
+                               backend::cpu::make_out<backend::cpu::Mode::assign>(
+                                   backend::cpu::Access<T, R>{dst.data, dst.strides, nullptr},
+                                   SlotRef<T, DynShape<R>, 0>{}, &tmp, dst.dims));
+  }
+
+  // ---- backward ------------------------------------------------------------------------------------------
+  template <std::size_t Base, class E, bool Inl>
+  void bwd(const E& e) {
+    constexpr std::size_t s = slot_of<Base, E>;
+    if constexpr (E::requires_grad && E::kind != Kind::leaf && !Inl) {
+      if (slots_[s].canon == s) {
+        if constexpr (E::kind == Kind::elementwise) elementwise_backward<Base>(e);
+        else if constexpr (E::kind == Kind::reduce) reduce_backward<Base>(e);
+        else if constexpr (E::kind == Kind::view) view_backward<Base>(e);
+        else kernel_backward<Base>(e);
+      }
+    }
+    if constexpr (E::requires_grad)
+      each_child_reverse<Base>(e, [&]<std::size_t CB, class C, bool CI>(const C& c) { bwd<CB, C, CI>(c); });
+  }
+
+  /// Gradient contributions of an elementwise node (root of its fused group, or inlined in it) whose
+  /// incoming gradient is the expression g; returns one GradTo per materialized child reached.
+  template <std::size_t Base, class E, bool IsRoot, class GE>
+  auto backprop(const E& e, const GE& g) const {
+    auto y = [&] {
+      if constexpr (IsRoot) return SlotRef<value_t<E>, shape_t<E>, slot_of<Base, E>, false, device_t<E>>{};
+      else return bind_self<Base>(e);
+    }();
+    return [&]<std::size_t... I>(std::index_sequence<I...>) {
+      auto grads = e.op.vjp(g, y, bind<Base + E::child_offset[I], detail::child_t<E, I>,
+                                       G::template inlined<detail::child_t<E, I>, detail::parent_allows_inline<E, I>()>>(
+                                      e.template arg<I>())...);
+      return std::tuple_cat(route<Base + E::child_offset[I], detail::child_t<E, I>,
+                                  G::template inlined<detail::child_t<E, I>, detail::parent_allows_inline<E, I>()>>(
+          e.template arg<I>(), std::get<I>(grads))...);
+    }(std::make_index_sequence<E::arity>{});
+  }
+  template <std::size_t CB, class C, bool CI, class GE>
+  auto route(const C& c, const GE& g) const {
+    if constexpr (detail::is_nograd<GE> || !C::requires_grad) return std::tuple<>{};
+    else if constexpr (CI) return backprop<CB, C, false>(c, g);
+    else return std::tuple{detail::GradTo<slot_of<CB, C>, GE>{g}};
+  }
+  template <std::size_t R, class... GT>
+  void run_grads(const Dims<R>& d, const std::tuple<GT...>& outs) {
+    std::apply([&](const auto&... o) {
+      backend::cpu::run_fused<R>(d, (owned_grad(o) && ...), make_grad_out<R>(o, d)...);
+    }, outs);
+  }
+  /// Gradient rows may run on several threads only when they land in owned buffers (not views).
+  template <std::size_t Slot, class GE>
+  static constexpr bool owned_grad(const detail::GradTo<Slot, GE>&) { return G::facts[Slot].kind != Kind::view; }
+  template <std::size_t R, std::size_t Slot, class GE>
+  auto make_grad_out(const detail::GradTo<Slot, GE>& o, const Dims<R>& d) const {
+    using T = value_t<GE>;
+    constexpr std::size_t RS = G::facts[Slot].rank;
+    return backend::cpu::make_out<backend::cpu::Mode::add>(
+        backend::cpu::slot_access<T, RS, R>(slots_[slots_[Slot].canon], true, d), o.expr, slots_.data(), d);
+  }
+  template <std::size_t Base, class E>
+  void elementwise_backward(const E& e) {
+    constexpr std::size_t s = slot_of<Base, E>;
+    constexpr std::size_t R = shape_t<E>::rank;
+    run_grads<R>(detail::slot_dims<R>(slots_[s]),
+                 backprop<Base, E, true>(e, SlotRef<value_t<E>, shape_t<E>, s, true, device_t<E>>{}));
+  }
+  template <std::size_t Base, class E>
+  void reduce_backward(const E& e) {
+    constexpr std::size_t s = slot_of<Base, E>;
+    using C = detail::child_t<E, 0>;
+    using T = value_t<E>;
+    constexpr std::size_t RC = shape_t<C>::rank;
+    constexpr bool ci = G::template inlined<C, true>;
+    using Op = std::remove_cvref_t<decltype(e.op)>;
+    const auto cd = detail::slot_dims<RC>(slots_[Base + C::node_count - 1]);
+    // The incoming gradient, read with the reduced axes kept (extent 1), broadcast over the input.
+    auto g = SlotRef<T, typename Op::template kept_shape<shape_t<C>>, s, true, device_t<E>>{};
+    auto gv = SlotRef<T, typename Op::template kept_shape<shape_t<C>>, s, false, device_t<E>>{};
+    const auto n_out = numel(detail::slot_dims<shape_t<E>::rank>(slots_[s]));
+    keep_view(s, e.op, cd);
+    auto x = bind<Base, C, ci>(e.template arg<0>());
+    const T scale = e.op.is_mean ? T(1) / T(numel(cd) / std::max<std::size_t>(1, n_out)) : T(1);
+    auto run = [&](const auto& gc) {
+      if constexpr (ci) run_grads<RC>(cd, backprop<Base, C, false>(e.template arg<0>(), gc));
+      else run_grads<RC>(cd, std::tuple{detail::GradTo<slot_of<Base, C>, std::remove_cvref_t<decltype(gc)>>{gc}});
+    };
+    if (e.op.is_max) run(g * equal(x, gv));
+    else if (e.op.is_mean) run(g * scale);
+    else run(g);
+    unkeep_view(s);
+  }
+  // While a reduction's backward runs, its slot is read with the input's rank (reduced axes kept).
+  template <class Op, std::size_t RC>
+  void keep_view(std::size_t s, const Op& op, const Dims<RC>& cd) {
+    saved_ = slots_[s];
+    auto& r = slots_[s];
+    const auto kd = op.kept_dims(cd);
+    const auto ks = contiguous_strides(kd);
+    for (std::size_t i = 0; i < RC; ++i) r.dims[i] = kd[i], r.strides[i] = r.adj_strides[i] = ks[i];
+  }
+  void unkeep_view(std::size_t s) { slots_[s] = saved_; }
+
+  template <std::size_t Base, class E>
+  void view_backward(const E&) {
+    constexpr std::size_t s = slot_of<Base, E>;
+    if (val_off_[s] == none) return;  // a true view: its gradient already is a view of the input's
+    using C = detail::child_t<E, 0>;
+    using T = value_t<E>;
+    constexpr std::size_t RC = shape_t<C>::rank;
+    constexpr std::size_t cs = Base + C::node_count - 1;
+    const auto cd = detail::slot_dims<RC>(slots_[cs]);
+    detail::SlotRec tmp{};
+    tmp.val = arena_.get() + adj_off_[s];
+    const auto st = contiguous_strides(cd);
+    for (std::size_t i = 0; i < RC; ++i) tmp.dims[i] = cd[i], tmp.strides[i] = st[i];
+    backend::cpu::run_fused<RC>(cd, false,
+                                backend::cpu::make_out<backend::cpu::Mode::add>(
+                                    backend::cpu::slot_access<T, RC, RC>(slots_[slots_[cs].canon], true, cd),
+                                    SlotRef<T, DynShape<RC>, 0>{}, &tmp, cd));
+  }
+  template <std::size_t Base, class E>
+  void kernel_backward(const E& e) {
+    constexpr std::size_t s = slot_of<Base, E>;
+    constexpr std::size_t R = shape_t<E>::rank;
+    using T = value_t<E>;
+    [&]<std::size_t... I>(std::index_sequence<I...>) {
+      e.op.backward(detail::adj_view<T, R>(slots_[s]), detail::value_view<T, R>(slots_[s]),
+                    child_arg<Base + E::child_offset[I], detail::child_t<E, I>>()...);
+    }(std::make_index_sequence<E::arity>{});
+  }
+  /// A kernel's view of one input: value, and gradient (data null when none flows there).
+  template <std::size_t CB, class C>
+  auto child_arg() const {
+    constexpr std::size_t cs = slot_of<CB, C>;
+    using T = value_t<C>;
+    constexpr std::size_t RC = shape_t<C>::rank;
+    auto g = detail::adj_view<T, RC>(slots_[cs]);
+    if constexpr (!C::requires_grad) g.data = nullptr;
+    return std::pair{detail::value_view<T, RC>(slots_[cs]), g};
+  }
+
+  std::string dims_string(std::size_t s) const {
+    std::string out = "[";
+    for (std::size_t i = 0; i < G::facts[s].rank; ++i) out += (i ? ", " : "") + std::to_string(slots_[s].dims[i]);
+    return out + "]";
+  }
+  std::string role(std::size_t s) const {
+    const auto& in = info_[s];
+    if (slots_[s].canon != s) return "same value as %" + std::to_string(slots_[s].canon) + " (computed once)";
+    if (in.fused_into != none) return "fused into the loop of %" + std::to_string(in.fused_into);
+    switch (in.kind) {
+      case Kind::leaf: return "leaf";
+      case Kind::view: return val_off_[s] != none ? "view (of a contiguous copy, " + std::to_string(in.bytes) + " B)" : "view (no copy)";
+      default: return "buffer " + std::to_string(in.bytes) + " B" + (adj_off_[s] != none ? " + gradient buffer" : "");
+    }
+  }
+
+  std::unique_ptr<Root> root_;
+  std::array<detail::SlotRec, N> slots_{};
+  std::array<const void*, N> node_{};
+  std::array<Info, N> info_{};
+  std::array<std::size_t, N> val_off_{}, adj_off_{};
+  std::array<std::size_t, N> input_id_ = [] {
+    std::array<std::size_t, N> a{};
+    a.fill(none);
+    return a;
+  }();
+  std::array<std::size_t, N> input_pos_{};
+  std::size_t num_inputs_ = 0;
+  std::shared_ptr<std::byte> arena_;
+  std::size_t capacity_ = 0, adj_begin_ = 0, adj_end_ = 0;
+  bool planned_ = false;
+  detail::SlotRec saved_{};
+  ProgramStats stats_{};
+};
+
+/// Generates the forward and backward passes of `e` (no work happens until forward()).
+template <Expression E>
+auto compile(const E& e) {
+  if constexpr (E::kind == Kind::leaf || E::kind == Kind::view) return Program<decltype(materialize(e))>(materialize(e));
+  else return Program<E>(e);
+}
+
+}  // namespace loom

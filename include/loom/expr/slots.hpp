@@ -1,0 +1,48 @@
+// loom/expr/slots.hpp — the run-time record of one node of a compiled program (type-erased so that a
+// program's table is one flat array, whatever the node types).
+#pragma once
+#include <cstddef>
+
+#include "../core/shape.hpp"
+
+namespace loom::detail {
+
+struct SlotRec {
+  void* val = nullptr;  ///< value storage (own buffer, leaf storage or a view into another slot)
+  void* adj = nullptr;  ///< gradient storage; null when no gradient flows here
+  std::size_t dims[max_rank]{};
+  std::ptrdiff_t strides[max_rank]{};      ///< value strides
+  std::ptrdiff_t adj_strides[max_rank]{};  ///< gradient strides (equal to value strides unless a leaf)
+  std::size_t canon = 0;                   ///< the slot computing this value (itself unless deduplicated)
+};
+
+/// A typed strided view into raw memory (what kernels take; copying it costs no reference count).
+template <class T, std::size_t R>
+struct View {
+  T* data = nullptr;
+  Dims<R> dims{};
+  Strides<R> strides{};
+  std::size_t size() const { return numel(dims); }
+  bool contiguous() const { return strides == contiguous_strides(dims); }
+};
+
+template <class T, std::size_t R>
+View<T, R> value_view(const SlotRec& s) {
+  View<T, R> v{static_cast<T*>(s.val), {}, {}};
+  for (std::size_t i = 0; i < R; ++i) v.dims[i] = s.dims[i], v.strides[i] = s.strides[i];
+  return v;
+}
+template <class T, std::size_t R>
+View<T, R> adj_view(const SlotRec& s) {
+  View<T, R> v{static_cast<T*>(s.adj), {}, {}};
+  for (std::size_t i = 0; i < R; ++i) v.dims[i] = s.dims[i], v.strides[i] = s.adj_strides[i];
+  return v;
+}
+template <std::size_t R>
+Dims<R> slot_dims(const SlotRec& s) {
+  Dims<R> d{};
+  for (std::size_t i = 0; i < R; ++i) d[i] = s.dims[i];
+  return d;
+}
+
+}  // namespace loom::detail

@@ -1,0 +1,11 @@
+// loom/loom.hpp — the umbrella header: everything a model author needs.
+#pragma once
+#include "core/error.hpp"
+#include "core/shape.hpp"
+#include "core/tensor.hpp"
+#include "expr/expr.hpp"
+#include "ops/elementwise.hpp"
+#include "ops/reduce.hpp"
+#include "ops/matmul.hpp"
+#include "ops/shape.hpp"
+#include "expr/program.hpp"

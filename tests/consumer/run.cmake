@@ -1,0 +1,20 @@
+# Builds tests/consumer against loom installed to a prefix, then through add_subdirectory.
+file(REMOVE_RECURSE ${WORK})
+set(src ${CMAKE_CURRENT_LIST_DIR})
+function(run)
+  execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "failed (${rc}): ${ARGN}\n${out}\n${err}")
+  endif()
+endfunction()
+run(${CMAKE_COMMAND} -S ${LOOM_SOURCE} -B ${WORK}/loom-build -DCMAKE_CXX_COMPILER=${CXX} -DLOOM_BUILD_TESTS=OFF
+    -DLOOM_BUILD_EXAMPLES=OFF -DCMAKE_INSTALL_PREFIX=${WORK}/prefix)
+run(${CMAKE_COMMAND} --install ${WORK}/loom-build)
+run(${CMAKE_COMMAND} -S ${src} -B ${WORK}/installed -DCMAKE_CXX_COMPILER=${CXX} -DCMAKE_PREFIX_PATH=${WORK}/prefix)
+run(${CMAKE_COMMAND} --build ${WORK}/installed)
+run(${WORK}/installed/consumer)
+run(${CMAKE_COMMAND} -S ${src} -B ${WORK}/subdir -DCMAKE_CXX_COMPILER=${CXX} -DUSE_SUBDIRECTORY=ON
+    -DLOOM_SOURCE=${LOOM_SOURCE})
+run(${CMAKE_COMMAND} --build ${WORK}/subdir)
+run(${WORK}/subdir/consumer)
+message(STATUS "consumer built and ran through find_package and add_subdirectory")

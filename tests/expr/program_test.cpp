@@ -1,0 +1,186 @@
+// The compiled program: fusion, evaluation of shared values once, no conflation of distinct leaves,
+// planned memory (zero steady-state allocations), re-planning, run-time shape errors, self-description.
+#include <doctest/doctest.h>
+#include <loom/loom.hpp>
+
+#include <atomic>
+#include <cstdlib>
+#include <new>
+
+namespace {
+std::atomic<bool> g_counting{false};
+std::atomic<std::size_t> g_allocations{0};
+}  // namespace
+
+// Counting global allocator: counts only while g_counting is set.
+void* operator new(std::size_t n) {
+  if (g_counting) ++g_allocations;
+  if (void* p = std::malloc(n ? n : 1)) return p;
+  throw std::bad_alloc();
+}
+void* operator new(std::size_t n, std::align_val_t a) {
+  if (g_counting) ++g_allocations;
+  const std::size_t al = static_cast<std::size_t>(a);
+  if (void* p = std::aligned_alloc(al, (n + al - 1) / al * al)) return p;
+  throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
+
+using namespace loom;
+
+namespace {
+/// A kernel op that copies its input and counts how often it runs.
+struct Counted {
+  static constexpr Kind kind = Kind::kernel;
+  static constexpr bool differentiable = true;
+  static constexpr std::string_view name = "counted";
+  static inline int runs = 0;
+  template <class S>
+  using shape = S;
+  template <std::size_t R>
+  Dims<R> dims(const Dims<R>& d) const { return d; }
+  template <class T, std::size_t R>
+  void forward(const detail::View<T, R>& out, const detail::View<T, R>& in) const {
+    ++runs;
+    backend::cpu::strided_apply<backend::cpu::Mode::assign>(out, in);
+  }
+  template <class T, std::size_t R>
+  void backward(const detail::View<T, R>& g, const detail::View<T, R>&,
+                const std::pair<detail::View<T, R>, detail::View<T, R>>& in) const {
+    if (in.second.data) backend::cpu::strided_apply<backend::cpu::Mode::add>(in.second, g);
+  }
+};
+template <Expression X>
+auto counted(const X& x) { return make_node(Counted{}, x); }
+
+template <class S>
+Param<float, S> rand_param(std::uint64_t seed) {
+  Generator g(seed);
+  return Param<float, S>(uniform<float, S>(g, -1, 1));
+}
+}  // namespace
+
+TEST_CASE("program: an elementwise chain and its backward run as one loop each") {
+  auto a = rand_param<Shape<1000>>(1), b = rand_param<Shape<1000>>(2), c = rand_param<Shape<1000>>(3);
+  auto step = compile(tanh(a * b + c) * 0.5f + a);
+  CHECK(step.stats().fused_nodes == 4);  // mul, add, tanh, mul fused into the root's loop
+  auto& loops = backend::cpu::fused_stats().loops;
+  step.forward();
+  CHECK(step.stats().buffers == 1);       // the result only
+  CHECK(step.stats().grad_buffers == 1);  // its incoming gradient only
+  std::size_t before = loops;
+  step.forward();
+  CHECK(loops - before == 1);
+  before = loops;
+  step.backward();
+  CHECK(loops - before == 1);  // da, db, dc written by one loop
+  const float x = a.value()(7), y = b.value()(7), z = c.value()(7), t = std::tanh(x * y + z);
+  CHECK(step.value()(7) == doctest::Approx(t * 0.5f + x));
+  CHECK(a.grad()(7) == doctest::Approx(0.5f * (1 - t * t) * y + 1));
+  CHECK(b.grad()(7) == doctest::Approx(0.5f * (1 - t * t) * x));
+  CHECK(c.grad()(7) == doctest::Approx(0.5f * (1 - t * t)));
+}
+
+TEST_CASE("program: a value used several times is computed once per step") {
+  auto w = rand_param<Shape<4, 4>>(4);
+  auto x = input<float, Shape<dyn, 4>>();
+  auto h = counted(matmul(x, w));
+  auto step = compile(sum(h + h * h + relu(h)));
+  Generator g(5);
+  auto xt = uniform<float, Shape<dyn, 4>>(g, -1, 1, {3, 4});
+  Counted::runs = 0;
+  step.forward(xt);
+  CHECK(Counted::runs == 1);
+  step.forward(xt);
+  CHECK(Counted::runs == 2);
+  CHECK(step.stats().deduplicated >= 2);
+  step.backward();
+  // d/dh = 1 + 2h + (h > 0); check one weight gradient against the formula.
+  auto hv = xt.matrix() * w.value().matrix();
+  Eigen::MatrixXf dh = (1 + 2 * hv.array() + (hv.array() > 0).cast<float>()).matrix();
+  Eigen::MatrixXf dw = xt.matrix().transpose() * dh;
+  CHECK(w.grad()(2, 3) == doctest::Approx(dw(2, 3)));
+}
+
+TEST_CASE("program: distinct parameters of one type are never conflated") {
+  auto w1 = rand_param<Shape<3, 3>>(6), w2 = rand_param<Shape<3, 3>>(7);
+  auto x = input<float, Shape<2, 3>>();
+  auto xt = ones<float, Shape<2, 3>>();
+  auto step = compile(sum(matmul(x, w1) + matmul(x, w2)));
+  step.forward(xt);
+  CHECK(step.stats().deduplicated == 1);  // only x, used twice, is found equal
+  const float expect = 2 * (w1.value().array().sum() + w2.value().array().sum());
+  CHECK(step.value().item() == doctest::Approx(expect));
+  step.backward();
+  CHECK(w1.grad()(0, 0) == doctest::Approx(2.0f));
+  CHECK(w2.grad()(0, 0) == doctest::Approx(2.0f));
+}
+
+TEST_CASE("program: steady-state steps allocate nothing; a larger batch re-plans") {
+  auto w1 = rand_param<Shape<64, 32>>(8);
+  auto w2 = rand_param<Shape<32, 10>>(9);
+  auto b1 = rand_param<Shape<32>>(10);
+  auto x = input<float, Shape<dyn, 64>>();
+  auto y = input<float, Shape<dyn, 10>>();
+  auto logits = matmul(relu(matmul(x, w1) + b1), w2);
+  auto step = compile(mean(sum<-1>(-y * log_softmax(logits))));
+  Generator g(11);
+  auto xt = uniform<float, Shape<dyn, 64>>(g, -1, 1, {16, 64});
+  auto yt = full<float, Shape<dyn, 10>>(0.1f, {16, 10});
+  step.forward(xt, yt);
+  step.backward();
+  CHECK(step.stats().plans == 1);
+  g_allocations = 0;
+  g_counting = true;
+  for (int i = 0; i < 3; ++i) {
+    step.forward(xt, yt);
+    step.backward();
+  }
+  g_counting = false;
+  CHECK(g_allocations == 0);
+  CHECK(step.stats().plans == 1);
+  auto xl = uniform<float, Shape<dyn, 64>>(g, -1, 1, {40, 64});
+  auto yl = full<float, Shape<dyn, 10>>(0.1f, {40, 10});
+  step.forward(xl, yl);
+  CHECK(step.stats().plans == 2);
+  CHECK(std::isfinite(step.value().item()));
+}
+
+TEST_CASE("program: run-time shape errors name both shapes") {
+  auto x = input<float, Shape<dyn, 4>>();
+  auto y = input<float, Shape<dyn, 4>>();
+  auto step = compile(sum(x * y));
+  auto a = ones<float, Shape<dyn, 4>>({3, 4});
+  auto b = ones<float, Shape<dyn, 4>>({5, 4});
+  try {
+    step.forward(a, b);
+    FAIL("expected shape_error");
+  } catch (const shape_error& e) {
+    CHECK(std::string(e.what()).find("[3, 4]") != std::string::npos);
+    CHECK(std::string(e.what()).find("[5, 4]") != std::string::npos);
+  }
+  auto w = input<float, Shape<dyn, dyn>>();
+  auto mm = compile(sum(matmul(x, transpose(w))));
+  auto c = ones<float, Shape<dyn, dyn>>({5, 5});
+  CHECK_THROWS_WITH_AS(mm.forward(a, c), doctest::Contains("inner dimensions differ"), shape_error);
+  CHECK_THROWS_AS(step.forward(a), shape_error);  // wrong number of inputs
+}
+
+TEST_CASE("program: NaN detection and self-description") {
+  auto p = rand_param<Shape<3>>(12);
+  auto step = compile(sum(log(p)));
+  step.forward();
+  if (p.value()(0) < 0 || p.value()(1) < 0 || p.value()(2) < 0) CHECK_THROWS_AS(step.check_finite(), numeric_error);
+  p.value().fill(-1.0f);
+  step.forward();
+  CHECK_THROWS_AS(step.check_finite(), numeric_error);
+  const auto text = step.describe();
+  CHECK(text.find("log") != std::string::npos);
+  CHECK(text.find("fused into the loop of %2") != std::string::npos);
+  const auto dot = step.to_dot();
+  CHECK(dot.find("digraph loom") != std::string::npos);
+  CHECK(dot.find("cluster_2") != std::string::npos);
+}

@@ -1,0 +1,78 @@
+// Finite-difference gradient checks (double) for reductions, matmul and shape ops.
+#include "../support/gradcheck.hpp"
+
+using namespace loom;
+using loom::testing::gradcheck;
+using loom::testing::param;
+
+TEST_CASE("gradcheck: reductions") {
+  auto a = param<Shape<3, 4, 5>>(9);
+  SUBCASE("sum all") { gradcheck([&] { return sum(a * a); }, a); }
+  SUBCASE("sum axis") { gradcheck([&] { return sum<1>(a); }, a); }
+  SUBCASE("sum axes keepdims") { gradcheck([&] { return sum<0, 2>(a, keepdims) * a; }, a); }
+  SUBCASE("sum negative axis") { gradcheck([&] { return sum<-1>(tanh(a)); }, a); }
+  SUBCASE("mean") { gradcheck([&] { return mean<1>(a * 3.0); }, a); }
+  SUBCASE("mean keepdims") { gradcheck([&] { return a - mean<-1>(a, keepdims); }, a); }
+  SUBCASE("max") { gradcheck([&] { return max<2>(a); }, a); }
+  SUBCASE("max keepdims") { gradcheck([&] { return max<0>(a, keepdims) + a; }, a); }
+  SUBCASE("logsumexp") { gradcheck([&] { return logsumexp<1>(a * 4.0); }, a); }
+  SUBCASE("logsumexp keepdims") { gradcheck([&] { return logsumexp<-1>(a, keepdims) * a; }, a); }
+  SUBCASE("softmax") { gradcheck([&] { return softmax<-1>(a * 2.0); }, a); }
+  SUBCASE("softmax axis 0") { gradcheck([&] { return softmax<0>(a); }, a); }
+  SUBCASE("log_softmax") { gradcheck([&] { return log_softmax<1>(a); }, a); }
+}
+
+TEST_CASE("gradcheck: matmul") {
+  SUBCASE("2-D") {
+    auto a = param<Shape<3, 4>>(10);
+    auto b = param<Shape<4, 5>>(11);
+    gradcheck([&] { return matmul(a, b); }, a, b);
+  }
+  SUBCASE("batched with broadcast rhs [2,3,5,4] @ [4,3]") {
+    auto a = param<Shape<2, 3, 5, 4>>(12);
+    auto b = param<Shape<4, 3>>(13);
+    gradcheck([&] { return matmul(a, b); }, a, b);
+  }
+  SUBCASE("batched broadcast on both sides [2,1,3,4] @ [5,4,2]") {
+    auto a = param<Shape<2, 1, 3, 4>>(14);
+    auto b = param<Shape<5, 4, 2>>(15);
+    gradcheck([&] { return matmul(a, b); }, a, b);
+  }
+  SUBCASE("transposed operands") {
+    auto a = param<Shape<4, 3>>(16);
+    auto b = param<Shape<5, 4>>(17);
+    gradcheck([&] { return matmul(transpose(a), transpose(b)); }, a, b);
+  }
+  SUBCASE("chain with elementwise") {
+    auto w1 = param<Shape<4, 6>>(18);
+    auto w2 = param<Shape<6, 2>>(19);
+    auto bias = param<Shape<6>>(20);
+    auto x = param<Shape<3, 4>>(21);
+    gradcheck([&] { return matmul(tanh(matmul(x, w1) + bias), w2); }, w1, w2, bias, x);
+  }
+}
+
+TEST_CASE("gradcheck: views and shape ops") {
+  auto a = param<Shape<2, 3, 4>>(22);
+  auto m = param<Shape<3, 4>>(23);
+  SUBCASE("transpose") { gradcheck([&] { return transpose(m) * 2.0; }, m); }
+  SUBCASE("permute") { gradcheck([&] { return permute<2, 0, 1>(a) * permute<2, 0, 1>(a); }, a); }
+  SUBCASE("reshape") { gradcheck([&] { return reshape<Shape<4, 6>>(a * 1.0) * 3.0; }, a); }
+  SUBCASE("reshape of a non-contiguous view copies") { gradcheck([&] { return reshape<Shape<12>>(transpose(m)) * 1.5; }, m); }
+  SUBCASE("flatten") { gradcheck([&] { return flatten(a) * flatten(a); }, a); }
+  SUBCASE("broadcast_to") { gradcheck([&] { return broadcast_to<Shape<5, 3, 4>>(m) * 1.0; }, m); }
+  SUBCASE("slice with step") { gradcheck([&] { return slice<1>(a, 0, 4, 2) * 2.0 + slice<1>(a, 1, 3) ; }, a); }
+  SUBCASE("slice negative bounds") { gradcheck([&] { return slice<-1>(m, -3, -1) * 1.0; }, m); }
+  SUBCASE("flip") { gradcheck([&] { return flip<0>(m) * m; }, m); }
+  SUBCASE("concat") { gradcheck([&] { return concat<1>(m, m * 2.0, exp(m)); }, m); }
+  SUBCASE("stack") { gradcheck([&] { return stack<1>(m, tanh(m)); }, m); }
+  SUBCASE("split") {
+    gradcheck([&] {
+      auto [p, q] = split<-1>(m, 1, 3);
+      return sum<-1>(p * 1.0, keepdims) * sum<-1>(q, keepdims);
+    }, m);
+  }
+  SUBCASE("pad") { gradcheck([&] { return pad<1, 2, 1>(m) * 2.0; }, m); }
+  SUBCASE("dilate") { gradcheck([&] { return dilate<0, 2>(m) * 3.0; }, m); }
+  SUBCASE("undilate") { gradcheck([&] { return undilate<1, 1>(m) * 1.0; }, m); }
+}
