@@ -21,7 +21,7 @@ enum class Kind {
 
 namespace detail {
 template <class E>
-inline constexpr char type_tag = 0;  // &type_tag<E> identifies the type E in constant expressions
+inline constexpr char type_tag = 0;  // &type_tag<E> identifies the type E at run time
 }  // namespace detail
 
 /// What every node offers: element type, static shape, device, node count and kind.

@@ -2,13 +2,43 @@
 // which nodes are shared, which fuse into their consumer. One linear pass; no recursion over pairs.
 #pragma once
 #include <array>
+#include <cstdint>
+#include <string_view>
 
 #include "expr.hpp"
 
 namespace loom::detail {
 
+/// A structural 64-bit hash of a type, computed once per type: leaves and ops hash their spelled name,
+/// nodes mix their op's hash with their children's. (Addresses of variables are not usable in constant
+/// expressions under the sanitizers, so identity at compile time is a hash; a collision can only make
+/// the program give a node a buffer it did not need, never merge two values: the run-time check that
+/// merges values compares real types.)
+constexpr std::uint64_t fnv1a(std::string_view s) {
+  std::uint64_t h = 1469598103934665603ull;
+  for (char c : s) h = (h ^ static_cast<unsigned char>(c)) * 1099511628211ull;
+  return h;
+}
+template <class T>
+constexpr std::uint64_t name_hash() { return fnv1a(__PRETTY_FUNCTION__); }
+constexpr std::uint64_t mix(std::uint64_t h, std::uint64_t x) {
+  return (h ^ (x + 0x9E3779B97F4A7C15ull + (h << 6) + (h >> 2))) * 1099511628211ull;
+}
+template <class E>
+struct type_hash {
+  static constexpr std::uint64_t value = name_hash<E>();
+};
+template <class Op, class... A>
+struct type_hash<Node<Op, A...>> {
+  static constexpr std::uint64_t value = [] {
+    std::uint64_t h = name_hash<Op>();
+    ((h = mix(h, type_hash<A>::value)), ...);
+    return h;
+  }();
+};
+
 struct NodeFacts {
-  const void* tag = nullptr;
+  std::uint64_t tag = 0;
   std::size_t rank = 0;
   Kind kind = Kind::leaf;
 };
@@ -18,7 +48,7 @@ constexpr void collect_facts(NodeFacts* out, std::size_t& i) {
   if constexpr (is_node<E>::value)
     [&]<class Op, class... A>(std::type_identity<Node<Op, A...>>) { (collect_facts<A>(out, i), ...); }(
         std::type_identity<E>{});
-  out[i++] = NodeFacts{&type_tag<E>, E::shape_type::rank, E::kind};
+  out[i++] = NodeFacts{type_hash<E>::value, E::shape_type::rank, E::kind};
 }
 
 template <class E>
@@ -43,7 +73,7 @@ struct Graph {
   template <class E>
   static constexpr std::size_t occurrences = [] {
     std::size_t n = 0;
-    for (const auto& f : facts) n += (f.tag == &type_tag<E>);
+    for (const auto& f : facts) n += (f.tag == type_hash<E>::value);
     return n;
   }();
   /// A node type met more than once may be one value used several times: it gets a buffer, and the

@@ -212,6 +212,7 @@ class Program {
   void index(const E& e) {
     constexpr std::size_t s = slot_of<Base, E>;
     node_[s] = &e;
+    rt_tag_[s] = &detail::type_tag<E>;
     auto& in = info_[s];
     in.kind = E::kind;
     if constexpr (is_node<E>::value) {
@@ -244,7 +245,7 @@ class Program {
     });
     if constexpr (G::template shared<E>) {
       for (std::size_t t = 0; t < s; ++t) {
-        if (G::facts[t].tag != &detail::type_tag<E> || slots_[t].canon != t) continue;
+        if (rt_tag_[t] != &detail::type_tag<E> || slots_[t].canon != t) continue;
         if (same<E>(*static_cast<const E*>(node_[t]), t + 1 - E::node_count, e, Base)) {
           slots_[s].canon = t;
           ++stats_.deduplicated;
@@ -707,6 +708,7 @@ class Program {
   std::unique_ptr<Root> root_;
   std::array<detail::SlotRec, N> slots_{};
   std::array<const void*, N> node_{};
+  std::array<const void*, N> rt_tag_{};  // run-time type identity of each slot's node
   std::array<Info, N> info_{};
   std::array<std::size_t, N> val_off_{}, adj_off_{};
   std::array<std::size_t, N> input_id_ = [] {
