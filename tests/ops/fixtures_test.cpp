@@ -141,4 +141,10 @@ TEST_CASE("torch fixtures: matmul and shape ops") {
   run<A, Shape<3, 2>>("concat", [](auto a, auto b) { return concat<1>(a, b); });
   run<A, A>("stack", [](auto a, auto b) { return stack<0>(a, b); });
   run<A>("pad", [](auto a) { return pad<1, 2, 1>(a); });
+  run<A>("split", [](auto a) {
+    auto [p, q] = split<-1>(a, 1, 3);
+    return sum<-1>(p, keepdims) * q;
+  });
+  run<A>("dilate", [](auto a) { return dilate<0, 2>(a); });
+  run<A>("undilate", [](auto a) { return undilate<1, 1>(a) * 1.0f; });
 }
