@@ -9,3 +9,4 @@
 #include "ops/matmul.hpp"
 #include "ops/shape.hpp"
 #include "expr/program.hpp"
+#include "expr/grad.hpp"
