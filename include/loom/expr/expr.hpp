@@ -152,6 +152,24 @@ struct SlotRef : LeafBase<T, S, D> {
 
 namespace detail {
 
+// A minimal heterogeneous pack (std::tuple's constructors cost noticeable compile time per node type).
+template <std::size_t I, class T>
+struct PackItem {
+  T value;
+};
+template <class Seq, class... T>
+struct PackImpl;
+template <std::size_t... I, class... T>
+struct PackImpl<std::index_sequence<I...>, T...> : PackItem<I, T>... {
+  constexpr explicit PackImpl(T... t) : PackItem<I, T>{std::move(t)}... {}
+};
+template <class... T>
+using Pack = PackImpl<std::index_sequence_for<T...>, T...>;
+template <std::size_t I, class T>
+constexpr const T& get(const PackItem<I, T>& p) { return p.value; }
+template <std::size_t I, class T>
+constexpr T& get(PackItem<I, T>& p) { return p.value; }
+
 template <class... A>
 struct first_of {
   using type = void;
@@ -205,11 +223,11 @@ struct Node {
   }();
 
   [[no_unique_address]] Op op;
-  std::tuple<Args...> args;
+  detail::Pack<Args...> args;
 
   Node(Op o, Args... a) : op(std::move(o)), args(std::move(a)...) {}
   template <std::size_t I>
-  const auto& arg() const { return std::get<I>(args); }
+  const auto& arg() const { return detail::get<I>(args); }
 };
 
 /// Builds a node after checking that the arguments agree on dtype and device.

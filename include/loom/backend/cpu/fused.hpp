@@ -90,20 +90,33 @@ template <class Op, class... A, std::size_t R>
 struct Eval<Node<Op, A...>, R> {
   using value_type = typename Node<Op, A...>::value_type;
   using Packet = typename ei::packet_traits<value_type>::type;
+  using Idx = std::index_sequence_for<A...>;
   static constexpr bool packetable = FloatDtype<value_type> && (Eval<A, R>::packetable && ...) &&
                                      HasPacket<Op, Packet, std::conditional_t<true, Packet, A>...>;
   Op op;
-  std::tuple<Eval<A, R>...> c;
-  Eval(const Node<Op, A...>& n, const detail::SlotRec* slots, const Dims<R>& to)
-      : op(n.op), c(std::apply([&](const auto&... a) { return std::tuple<Eval<A, R>...>{Eval<A, R>(a, slots, to)...}; }, n.args)) {}
-  template <class F> void visit(F&& f) { std::apply([&](auto&... e) { (e.visit(f), ...); }, c); }
-  void set_row(const Dims<R>& idx) { std::apply([&](auto&... e) { (e.set_row(idx), ...); }, c); }
-  bool unit_or_zero() const { return std::apply([](const auto&... e) { return (e.unit_or_zero() && ...); }, c); }
+  detail::Pack<Eval<A, R>...> c;
+  Eval(const Node<Op, A...>& n, const detail::SlotRec* slots, const Dims<R>& to) : Eval(n, slots, to, Idx{}) {}
+  template <std::size_t... I>
+  Eval(const Node<Op, A...>& n, const detail::SlotRec* slots, const Dims<R>& to, std::index_sequence<I...>)
+      : op(n.op), c(Eval<A, R>(n.template arg<I>(), slots, to)...) {}
+  template <class F> void visit(F&& f) {
+    [&]<std::size_t... I>(std::index_sequence<I...>) { (detail::get<I>(c).visit(f), ...); }(Idx{});
+  }
+  void set_row(const Dims<R>& idx) {
+    [&]<std::size_t... I>(std::index_sequence<I...>) { (detail::get<I>(c).set_row(idx), ...); }(Idx{});
+  }
+  bool unit_or_zero() const {
+    return [&]<std::size_t... I>(std::index_sequence<I...>) { return (detail::get<I>(c).unit_or_zero() && ...); }(Idx{});
+  }
   value_type at(std::ptrdiff_t j) const {
-    return std::apply([&](const auto&... e) { return op.apply(static_cast<value_type>(e.at(j))...); }, c);
+    return [&]<std::size_t... I>(std::index_sequence<I...>) {
+      return op.apply(static_cast<value_type>(detail::get<I>(c).at(j))...);
+    }(Idx{});
   }
   template <class P> P packet(std::ptrdiff_t j) const {
-    return std::apply([&](const auto&... e) { return op.template packet<P>(e.template packet<P>(j)...); }, c);
+    return [&]<std::size_t... I>(std::index_sequence<I...>) {
+      return op.template packet<P>(detail::get<I>(c).template packet<P>(j)...);
+    }(Idx{});
   }
 };
 
