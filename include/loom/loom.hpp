@@ -10,3 +10,5 @@
 #include "ops/shape.hpp"
 #include "expr/program.hpp"
 #include "expr/grad.hpp"
+#include "nn/nn.hpp"
+#include "optim/optimizer.hpp"

@@ -3,13 +3,14 @@
 #include <doctest/doctest.h>
 #include <loom/loom.hpp>
 
-#include <fstream>
-#include <map>
-#include <sstream>
+#include "../support/fixtures.hpp"
 
 using namespace loom;
 
 namespace {
+using loom::testing::compare;
+using loom::testing::tagged;
+
 struct Case {
   std::vector<std::vector<float>> in, grad;
   std::vector<float> out, w;
@@ -18,29 +19,8 @@ struct Case {
 const std::map<std::string, Case>& fixtures() {
   static const std::map<std::string, Case> cases = [] {
     std::map<std::string, Case> m;
-    const std::string path = std::string(LOOM_FIXTURE_DIR) + "/ops.txt";
-    std::ifstream f(path);
-    REQUIRE_MESSAGE(f.good(), "missing fixture file " << path);
-    std::string line, name;
-    while (std::getline(f, line)) {
-      if (line.empty() || line[0] == '#') continue;
-      std::istringstream is(line);
-      std::string tag;
-      is >> tag;
-      if (tag == "case") {
-        is >> name;
-        continue;
-      }
-      std::size_t n = 0;
-      is >> n;
-      std::vector<float> v(n);
-      for (auto& x : v) is >> x;
-      auto& c = m[name];
-      if (tag == "in") c.in.push_back(v);
-      else if (tag == "out") c.out = v;
-      else if (tag == "w") c.w = v;
-      else if (tag == "grad") c.grad.push_back(v);
-    }
+    for (const auto& [name, c] : loom::testing::read_fixtures("ops.txt"))
+      m[name] = Case{tagged(c, "in"), tagged(c, "grad"), tagged(c, "out").at(0), tagged(c, "w").at(0)};
     return m;
   }();
   return cases;
@@ -59,13 +39,6 @@ std::vector<float> flat(const Tensor<T, S>& t) {
   std::vector<float> v;
   t.for_each([&](T& x) { v.push_back(static_cast<float>(x)); });
   return v;
-}
-
-void compare(const std::vector<float>& got, const std::vector<float>& want, const char* what) {
-  REQUIRE_MESSAGE(got.size() == want.size(), what);
-  for (std::size_t i = 0; i < got.size(); ++i)
-    CHECK_MESSAGE(std::abs(got[i] - want[i]) <= 1e-5f + 1e-4f * std::abs(want[i]),
-                  what << "[" << i << "]: loom " << got[i] << " vs torch " << want[i]);
 }
 
 /// Runs one case: make(params...) builds the op; checks the value and every input's gradient.

@@ -1,0 +1,111 @@
+// loom/nn/layers.hpp — Linear, activations, Flatten, Identity. A layer is a type; its call maps an
+// expression to an expression; feature counts are checked by the compiler.
+#pragma once
+#include <cmath>
+
+#include "../ops/elementwise.hpp"
+#include "../ops/matmul.hpp"
+#include "../ops/shape.hpp"
+#include "module.hpp"
+
+namespace loom::nn {
+
+/// Feature count of an unknown-width (shape-preserving) layer.
+inline constexpr std::size_t any_features = 0;
+
+namespace detail {
+template <bool Ok, class Layer, std::size_t Got, std::size_t Expected>
+struct check_linear_input {
+  static_assert(Ok, "loom::nn::Linear: the input's last extent differs from the layer's input feature count "
+                    "(check_linear_input<ok, Layer, Got, Expected> below)");
+  static constexpr bool value = Ok;
+};
+}  // namespace detail
+
+/// y = x W^T + b with W [Out, In] (PyTorch's layout and default init: U(-1/sqrt(In), 1/sqrt(In))).
+template <std::size_t In, std::size_t Out, bool Bias = true, class T = float>
+struct Linear {
+  static constexpr std::size_t in_features = In, out_features = Out;
+  static constexpr std::size_t num_params = In * Out + (Bias ? Out : 0);
+  static constexpr std::string_view name = "Linear";
+  Param<T, Shape<Out, In>> weight;
+  Param<T, Shape<Out>> bias;
+
+  explicit Linear(Generator& g) {
+    const double bound = 1.0 / std::sqrt(static_cast<double>(In));
+    weight.value().assign(uniform<T, Shape<Out, In>>(g, -bound, bound));
+    if constexpr (Bias) bias.value().assign(uniform<T, Shape<Out>>(g, -bound, bound));
+  }
+  template <Expression X>
+  auto operator()(const X& x) const {
+    using S = shape_t<X>;
+    constexpr std::size_t got = S::extents[S::rank - 1];
+    constexpr bool ok = got == In || got == dyn;
+    detail::check_linear_input<ok, Linear, got, In>{};
+    if constexpr (ok) {
+      if constexpr (Bias) return matmul(x, transpose(weight)) + bias;
+      else return matmul(x, transpose(weight));
+    }
+  }
+  template <class F>
+  void visit(F&& f, const std::string& prefix) const {
+    f(prefix + "weight", weight);
+    if constexpr (Bias) f(prefix + "bias", bias);
+  }
+};
+
+/// Layers without parameters that keep the feature count.
+template <class Fn>
+struct Activation {
+  static constexpr std::size_t in_features = any_features, out_features = any_features;
+  static constexpr std::size_t num_params = 0;
+  static constexpr std::string_view name = Fn::name;
+  Activation() = default;
+  explicit Activation(Generator&) {}
+  template <Expression X>
+  auto operator()(const X& x) const { return Fn{}(x); }
+  template <class F>
+  void visit(F&&, const std::string&) const {}
+};
+
+namespace fn {
+struct Relu {
+  static constexpr std::string_view name = "ReLU";
+  auto operator()(const auto& x) const { return relu(x); }
+};
+struct Tanh {
+  static constexpr std::string_view name = "Tanh";
+  auto operator()(const auto& x) const { return tanh(x); }
+};
+struct Sigmoid {
+  static constexpr std::string_view name = "Sigmoid";
+  auto operator()(const auto& x) const { return sigmoid(x); }
+};
+struct Gelu {
+  static constexpr std::string_view name = "GELU";
+  auto operator()(const auto& x) const { return gelu(x); }
+};
+struct LeakyRelu {
+  static constexpr std::string_view name = "LeakyReLU";
+  auto operator()(const auto& x) const { return maximum(x, x * 0.01); }
+};
+struct Identity {
+  static constexpr std::string_view name = "Identity";
+  auto operator()(const auto& x) const { return x; }
+};
+struct Flatten {
+  static constexpr std::string_view name = "Flatten";
+  auto operator()(const auto& x) const { return loom::flatten(x); }
+};
+}  // namespace fn
+
+using ReLU = Activation<fn::Relu>;
+using Tanh = Activation<fn::Tanh>;
+using Sigmoid = Activation<fn::Sigmoid>;
+using GELU = Activation<fn::Gelu>;
+using LeakyReLU = Activation<fn::LeakyRelu>;
+using Identity = Activation<fn::Identity>;
+/// [B, d1, d2, ...] -> [B, d1 * d2 * ...]; the following Linear checks the computed count.
+using Flatten = Activation<fn::Flatten>;
+
+}  // namespace loom::nn

@@ -1,0 +1,6 @@
+// loom/nn/nn.hpp — modules, losses.
+#pragma once
+#include "layers.hpp"
+#include "loss.hpp"
+#include "module.hpp"
+#include "sequential.hpp"

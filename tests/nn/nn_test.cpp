@@ -1,0 +1,106 @@
+// nn modules, losses and optimizers: shapes and parameter counts known at compile time, PyTorch's
+// init bounds, cross-entropy against PyTorch and by finite differences, optimizers against PyTorch.
+#include <loom/loom.hpp>
+
+#include "../support/fixtures.hpp"
+#include "../support/gradcheck.hpp"
+
+using namespace loom;
+using loom::testing::compare;
+using loom::testing::tagged;
+
+namespace {
+const auto& nn_fixtures() {
+  static const auto f = loom::testing::read_fixtures("nn.txt");
+  return f;
+}
+}  // namespace
+
+TEST_CASE("nn: a model is a type with a compile-time parameter count") {
+  using Net = nn::Sequential<nn::Flatten, nn::Linear<784, 256>, nn::ReLU, nn::Linear<256, 10>>;
+  static_assert(Net::num_params == 784 * 256 + 256 + 256 * 10 + 10);
+  static_assert(Net::out_features == 10);
+  Generator g(0);
+  Net net(g);
+  const auto params = nn::parameters(net);
+  REQUIRE(params.size() == 4);
+  CHECK(params[0].name == "1.weight");
+  CHECK(params[0].dims == std::vector<std::size_t>{256, 784});
+  CHECK(params[3].name == "3.bias");
+  // PyTorch's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias.
+  float lo = 1, hi = -1;
+  net.get<1>().weight.value().for_each([&](float v) { lo = std::min(lo, v), hi = std::max(hi, v); });
+  const float bound = 1.0f / std::sqrt(784.0f);
+  CHECK(lo >= -bound);
+  CHECK(hi <= bound);
+  CHECK(hi > 0.9f * bound);
+  // The module's call is the expression one would write by hand.
+  auto x = input<float, Shape<dyn, 1, 28, 28>>();
+  Generator gx(1);
+  auto xt = uniform<float, Shape<dyn, 1, 28, 28>>(gx, 0, 1, {3, 1, 28, 28});
+  auto out = compile(net(x)).forward(xt).clone();
+  const auto& l1 = net.get<1>();
+  const auto& l3 = net.get<3>();
+  Eigen::MatrixXf h = (xt.reshape<Shape<dyn, 784>>({3, 784}).matrix() * l1.weight.value().matrix().transpose()).rowwise() +
+                      l1.bias.value().array().matrix().transpose();
+  Eigen::MatrixXf ref = (h.array().max(0.0f).matrix() * l3.weight.value().matrix().transpose()).rowwise() +
+                        l3.bias.value().array().matrix().transpose();
+  CHECK(allclose(out, Tensor<float, Shape<dyn, 10>>::from_eigen(ref), 1e-4, 1e-5));
+}
+
+TEST_CASE("nn: cross-entropy matches PyTorch (with and without label smoothing)") {
+  for (const auto& [name, smoothing] : {std::pair{"cross_entropy", 0.0}, std::pair{"cross_entropy_smooth", 0.1}}) {
+    const auto& c = nn_fixtures().at(name);
+    Param<float, Shape<5, 7>> x;
+    const auto xv = tagged(c, "x").at(0);
+    std::copy(xv.begin(), xv.end(), x.value().data());
+    auto y = input<std::int64_t, Shape<dyn>>();
+    Tensor<std::int64_t, Shape<dyn>> yt({5});
+    const auto yv = tagged(c, "y").at(0);
+    for (std::size_t i = 0; i < 5; ++i) yt(i) = static_cast<std::int64_t>(yv[i]);
+    auto step = compile(nn::cross_entropy(x, y, smoothing));
+    compare({step.forward(yt).item()}, tagged(c, "loss").at(0), "loss");
+    step.backward();
+    std::vector<float> g(x.grad().data(), x.grad().data() + 35);
+    compare(g, tagged(c, "grad").at(0), "grad");
+  }
+}
+
+TEST_CASE("nn: cross-entropy and the other losses pass finite-difference checks") {
+  auto x = loom::testing::param<Shape<4, 6>>(41);
+  auto t = loom::testing::param<Shape<4, 6>>(42, 0.0, 1.0);
+  auto y = input<std::int64_t, Shape<dyn>>();
+  Tensor<std::int64_t, Shape<dyn>> yt({4}, {5, 0, 2, 2});
+  y.bind(yt);
+  loom::testing::gradcheck([&] { return nn::cross_entropy(x * 2.0, y, 0.2) * 1.0; }, x);
+  loom::testing::gradcheck([&] { return nn::mse_loss(x, t); }, x, t);
+  loom::testing::gradcheck([&] { return nn::bce_with_logits(x * 3.0, t); }, x, t);
+  Tensor<std::int64_t, Shape<dyn>> bad({4}, {5, 0, 6, 2});
+  y.bind(bad);
+  auto step = compile(nn::cross_entropy(x, y));
+  CHECK_THROWS_WITH_AS(step.forward(), doctest::Contains("label 6 outside [0, 6)"), std::out_of_range);
+}
+
+TEST_CASE("optim: SGD, Adam and AdamW follow PyTorch's trajectories") {
+  auto run = [&](const std::string& name, auto make) {
+    CAPTURE(name);
+    const auto& c = nn_fixtures().at(name);
+    Param<float, Shape<3, 4>> p;
+    const auto p0 = tagged(c, "p0").at(0);
+    std::copy(p0.begin(), p0.end(), p.value().data());
+    std::vector<nn::ParamRef<float>> refs{{"p", p.value().data(), p.grad().data(), 12, {3, 4}}};
+    auto opt = make(refs);
+    const auto gs = tagged(c, "g"), ps = tagged(c, "p");
+    for (std::size_t t = 0; t < gs.size(); ++t) {
+      std::copy(gs[t].begin(), gs[t].end(), p.grad().data());
+      opt.step();
+      compare(std::vector<float>(p.value().data(), p.value().data() + 12), ps[t], "param", 1e-6f, 1e-5f);
+    }
+  };
+  run("sgd_momentum_nesterov_wd", [](auto r) {
+    return optim::SGD<float>(r, {.lr = 0.1, .momentum = 0.9, .weight_decay = 0.01, .nesterov = true});
+  });
+  run("sgd_momentum_dampening", [](auto r) { return optim::SGD<float>(r, {.lr = 0.05, .momentum = 0.8, .dampening = 0.1}); });
+  run("adam", [](auto r) { return optim::Adam<float>(r, {.lr = 0.01, .weight_decay = 0.1}); });
+  run("adamw", [](auto r) { return optim::AdamW<float>(r, {.lr = 0.01, .weight_decay = 0.1}); });
+}

@@ -1,0 +1,56 @@
+// tests/support/fixtures.hpp — reads the PyTorch fixture files (tests/fixtures/*.txt): cases of tagged
+// flat float vectors, in file order.
+#pragma once
+#include <doctest/doctest.h>
+
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace loom::testing {
+
+using FixtureCase = std::vector<std::pair<std::string, std::vector<float>>>;
+
+inline std::map<std::string, FixtureCase> read_fixtures(const std::string& file) {
+  std::map<std::string, FixtureCase> m;
+  const std::string path = std::string(LOOM_FIXTURE_DIR) + "/" + file;
+  std::ifstream f(path);
+  REQUIRE_MESSAGE(f.good(), "missing fixture file " << path);
+  std::string line, name;
+  while (std::getline(f, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    std::istringstream is(line);
+    std::string tag;
+    is >> tag;
+    if (tag == "case") {
+      is >> name;
+      continue;
+    }
+    std::size_t n = 0;
+    is >> n;
+    std::vector<float> v(n);
+    for (auto& x : v) is >> x;
+    m[name].emplace_back(tag, std::move(v));
+  }
+  return m;
+}
+
+/// All vectors of one tag in a case, in order.
+inline std::vector<std::vector<float>> tagged(const FixtureCase& c, const std::string& tag) {
+  std::vector<std::vector<float>> r;
+  for (const auto& [t, v] : c)
+    if (t == tag) r.push_back(v);
+  return r;
+}
+
+inline void compare(const std::vector<float>& got, const std::vector<float>& want, const char* what,
+                    float atol = 1e-5f, float rtol = 1e-4f) {
+  REQUIRE_MESSAGE(got.size() == want.size(), what);
+  for (std::size_t i = 0; i < got.size(); ++i)
+    CHECK_MESSAGE(std::abs(got[i] - want[i]) <= atol + rtol * std::abs(want[i]),
+                  what << "[" << i << "]: loom " << got[i] << " vs torch " << want[i]);
+}
+
+}  // namespace loom::testing
