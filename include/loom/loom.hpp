@@ -12,3 +12,4 @@
 #include "expr/grad.hpp"
 #include "nn/nn.hpp"
 #include "optim/optimizer.hpp"
+#include "optim/schedule.hpp"

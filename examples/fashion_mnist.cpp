@@ -1,0 +1,118 @@
+// Trains a classifier on Fashion-MNIST (/usr/share/datasets/fashion-mnist, Debian's
+// dataset-fashion-mnist) with a progress bar, and reports train loss, test loss and test accuracy per
+// epoch. The network is a type; its loss is compiled once.
+#include <CLI/CLI.hpp>
+#include <loom/data/loader.hpp>
+#include <loom/loom.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <variant>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+using namespace loom;
+using Clock = std::chrono::steady_clock;
+
+using MLP = nn::Sequential<nn::Flatten, nn::Linear<784, 256>, nn::ReLU, nn::Linear<256, 128>, nn::ReLU,
+                           nn::Linear<128, 10>>;
+static_assert(MLP::num_params == 235146);
+
+struct Options {
+  std::string model = "mlp", optimizer = "adam", schedule = "cosine", data_dir = data::FashionMNIST::default_dir;
+  int epochs = 3, threads = 0;
+  std::size_t batch = 64;
+  double lr = 1e-3;
+  std::uint64_t seed = 0;
+};
+
+template <class Net>
+int train(const Options& o) {
+  const auto t_load = Clock::now();
+  auto train_set = data::FashionMNIST::train(o.data_dir), test_set = data::FashionMNIST::test(o.data_dir);
+  data::normalize(train_set, 0.2860f, 0.3530f);
+  data::normalize(test_set, 0.2860f, 0.3530f);
+  std::printf("loaded %zu train / %zu test images in %.1f s\n", train_set.size(), test_set.size(),
+              std::chrono::duration<double>(Clock::now() - t_load).count());
+  Generator gen(o.seed);
+  Net net(gen);
+  std::printf("model %s: %zu parameters\n", o.model.c_str(), Net::num_params);
+  auto x = input<float, Shape<dyn, 1, 28, 28>>();
+  auto y = input<std::int64_t, Shape<dyn>>();
+  auto logits = net(x);
+  auto step = compile(nn::cross_entropy(logits, y));  // forward + backward generated here
+  auto loss_only = compile(nn::cross_entropy(logits, y));
+  auto predict = compile(logits);
+  using Opt = std::variant<optim::SGD<float>, optim::Adam<float>, optim::AdamW<float>>;
+  auto params = nn::parameters(net);
+  Opt opt = o.optimizer == "sgd"    ? Opt(optim::SGD<float>(params, {.lr = o.lr, .momentum = 0.9}))
+            : o.optimizer == "adamw" ? Opt(optim::AdamW<float>(params, {.lr = o.lr, .weight_decay = 0.01}))
+                                     : Opt(optim::Adam<float>(params, {.lr = o.lr}));
+  data::DataLoader loader(train_set, {.batch = o.batch, .shuffle = true, .seed = o.seed});
+  data::DataLoader test_loader(test_set, {.batch = 1000, .shuffle = false});
+  const std::size_t total_steps = loader.size() * std::size_t(o.epochs);
+  std::size_t global_step = 0;
+  for (int epoch = 1; epoch <= o.epochs; ++epoch) {
+    const auto t0 = Clock::now();
+    double total = 0;
+    std::size_t n = 0;
+    for (auto it = loader.begin(); it != loader.end(); ++it) {
+      const auto& b = *it;
+      total += step.forward(b.x, b.y).item();
+      step.backward();
+      const double lr = o.schedule == "cosine" ? optim::cosine_lr(o.lr, global_step++, total_steps) : o.lr;
+      std::visit([lr](auto& op) { op.options().lr = lr; op.step(); op.zero_grad(); }, opt);
+      if (++n % 25 == 0 || n == loader.size()) {
+        const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+        const int width = 30, done = int(width * n / loader.size());
+        std::printf("\repoch %d [%s%s] %zu/%zu  %.0f batch/s  loss %.4f", epoch, std::string(done, '=').c_str(),
+                    std::string(width - done, ' ').c_str(), n, loader.size(), n / secs, total / n);
+        std::fflush(stdout);
+      }
+    }
+    const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+    double test_loss = 0;
+    std::size_t correct = 0;
+    for (auto it = test_loader.begin(); it != test_loader.end(); ++it) {
+      const auto& b = *it;
+      test_loss += loss_only.forward(b.x, b.y).item() * double(b.y.size());
+      auto out = predict.forward(b.x);
+      for (std::size_t i = 0; i < b.y.size(); ++i) {
+        std::size_t best = 0;
+        for (std::size_t c = 1; c < 10; ++c)
+          if (out(i, c) > out(i, best)) best = c;
+        correct += static_cast<std::int64_t>(best) == b.y(i);
+      }
+    }
+    std::printf("\nepoch %d: train loss %.4f  test loss %.4f  test accuracy %.2f%%  (%.1f s)\n", epoch, total / n,
+                test_loss / double(test_set.size()), 100.0 * double(correct) / double(test_set.size()), secs);
+  }
+  return 0;
+}
+
+int main(int argc, char** argv) {
+  Options o;
+  CLI::App app{"Train a loom model on Fashion-MNIST"};
+  app.add_option("--model", o.model, "network (mlp; cnn and resnet arrive with the conv layers)")
+      ->check(CLI::IsMember({"mlp"}));
+  app.add_option("--epochs", o.epochs, "epochs")->check(CLI::PositiveNumber);
+  app.add_option("--batch", o.batch, "batch size")->check(CLI::PositiveNumber);
+  app.add_option("--lr", o.lr, "learning rate");
+  app.add_option("--optimizer", o.optimizer, "sgd (momentum 0.9) | adam | adamw")->check(CLI::IsMember({"sgd", "adam", "adamw"}));
+  app.add_option("--schedule", o.schedule, "learning-rate schedule: cosine | constant")->check(CLI::IsMember({"cosine", "constant"}));
+  app.add_option("--threads", o.threads, "OpenMP threads (0: all cores)");
+  app.add_option("--seed", o.seed, "seed for initialization and shuffling");
+  app.add_option("--data-dir", o.data_dir, "folder with the four IDX files");
+  CLI11_PARSE(app, argc, argv);
+#ifdef _OPENMP
+  if (o.threads > 0) omp_set_num_threads(o.threads);
+#endif
+  try {
+    return train<MLP>(o);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+}
