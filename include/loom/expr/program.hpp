@@ -119,9 +119,11 @@ class Program {
       bwd<0, Root, false>(*root_);
     }
   }
+  /// The root's value: a view into the program's buffers (it keeps them alive; the next forward
+  /// overwrites it — clone() to keep a copy).
   Tensor<value_type, shape_type> value() const {
     auto v = detail::value_view<value_type, rank>(slots_[N - 1]);
-    return Tensor<value_type, shape_type>::wrap(v.data, v.dims, v.strides);
+    return Tensor<value_type, shape_type>::wrap(v.data, v.dims, v.strides, arena_);
   }
   /// Throws loom::numeric_error if the root's value holds a NaN or infinity.
   void check_finite() const {
@@ -383,12 +385,36 @@ class Program {
         val_off_[s] = reserve(n * sizeof(T));
         info_[s].bytes = n * sizeof(T);
         ++stats_.buffers;
+        if constexpr (E::kind == Kind::kernel && has_scratch<E>) {
+          const std::size_t k = [&]<std::size_t... I>(std::index_sequence<I...>) {
+            return e.op.scratch(detail::slot_dims<shape_t<detail::child_t<E, I>>::rank>(
+                slots_[Base + E::child_offset[I] + detail::child_t<E, I>::node_count - 1])...);
+          }(std::make_index_sequence<E::arity>{});
+          scratch_off_[s] = reserve(k * sizeof(T));
+          info_[s].bytes += k * sizeof(T);
+        }
       } else if constexpr (E::requires_grad) {
         adj_off_[s] = reserve(n * sizeof(T));
         ++stats_.grad_buffers;
       }
     }
   }
+  /// Kernels that need work memory say how much with scratch(input extents...) (in elements).
+  template <class E>
+  static constexpr bool has_scratch = [] {
+    if constexpr (is_node<E>::value)
+      return [&]<std::size_t... I>(std::index_sequence<I...>) {
+        return requires(const E& e) { e.op.scratch(Dims<shape_t<detail::child_t<E, I>>::rank>{}...); };
+      }(std::make_index_sequence<E::arity>{});
+    else
+      return false;
+  }();
+  template <class E>
+  value_t<E>* scratch_of(std::size_t s) const {
+    if constexpr (has_scratch<E>) return reinterpret_cast<value_t<E>*>(arena_.get() + scratch_off_[s]);
+    else return nullptr;
+  }
+
   template <std::size_t Base, class E>
   Dims<shape_t<E>::rank> node_dims(const E& e) const {
     return [&]<std::size_t... I>(std::index_sequence<I...>) {
@@ -487,9 +513,13 @@ class Program {
         view_forward<Base>(e);
       } else {
         [&]<std::size_t... I>(std::index_sequence<I...>) {
-          e.op.forward(detail::value_view<T, R>(r),
-                       detail::value_view<value_t<detail::child_t<E, I>>, shape_t<detail::child_t<E, I>>::rank>(
-                           slots_[Base + E::child_offset[I] + detail::child_t<E, I>::node_count - 1])...);
+          auto out = detail::value_view<T, R>(r);
+          auto in = [&]<std::size_t J>(std::integral_constant<std::size_t, J>) {
+            return detail::value_view<value_t<detail::child_t<E, J>>, shape_t<detail::child_t<E, J>>::rank>(
+                slots_[Base + E::child_offset[J] + detail::child_t<E, J>::node_count - 1]);
+          };
+          if constexpr (has_scratch<E>) e.op.forward(out, in(std::integral_constant<std::size_t, I>{})..., scratch_of<E>(s));
+          else e.op.forward(out, in(std::integral_constant<std::size_t, I>{})...);
         }(std::make_index_sequence<E::arity>{});
       }
     }
@@ -674,8 +704,12 @@ class Program {
     constexpr std::size_t R = shape_t<E>::rank;
     using T = value_t<E>;
     [&]<std::size_t... I>(std::index_sequence<I...>) {
-      e.op.backward(detail::adj_view<T, R>(slots_[s]), detail::value_view<T, R>(slots_[s]),
-                    child_arg<Base + E::child_offset[I], detail::child_t<E, I>>()...);
+      if constexpr (has_scratch<E>)
+        e.op.backward(detail::adj_view<T, R>(slots_[s]), detail::value_view<T, R>(slots_[s]),
+                      child_arg<Base + E::child_offset[I], detail::child_t<E, I>>()..., scratch_of<E>(s));
+      else
+        e.op.backward(detail::adj_view<T, R>(slots_[s]), detail::value_view<T, R>(slots_[s]),
+                      child_arg<Base + E::child_offset[I], detail::child_t<E, I>>()...);
     }(std::make_index_sequence<E::arity>{});
   }
   /// A kernel's view of one input: value, and gradient (data null when none flows there).
@@ -710,7 +744,7 @@ class Program {
   std::array<const void*, N> node_{};
   std::array<const void*, N> rt_tag_{};  // run-time type identity of each slot's node
   std::array<Info, N> info_{};
-  std::array<std::size_t, N> val_off_{}, adj_off_{};
+  std::array<std::size_t, N> val_off_{}, adj_off_{}, scratch_off_{};
   std::array<std::size_t, N> input_id_ = [] {
     std::array<std::size_t, N> a{};
     a.fill(none);

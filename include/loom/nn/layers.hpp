@@ -10,8 +10,11 @@
 
 namespace loom::nn {
 
-/// Feature count of an unknown-width (shape-preserving) layer.
+/// Feature count of a layer that keeps whatever it receives (activations, pooling).
 inline constexpr std::size_t any_features = 0;
+/// Feature count after a layer that changes what "features" means (Flatten: channels -> C*H*W);
+/// the next layer checks the static shape it receives instead.
+inline constexpr std::size_t unknown_features = static_cast<std::size_t>(-1);
 
 namespace detail {
 template <bool Ok, class Layer, std::size_t Got, std::size_t Expected>
@@ -55,9 +58,9 @@ struct Linear {
 };
 
 /// Layers without parameters that keep the feature count.
-template <class Fn>
+template <class Fn, std::size_t OutFeatures = any_features>
 struct Activation {
-  static constexpr std::size_t in_features = any_features, out_features = any_features;
+  static constexpr std::size_t in_features = any_features, out_features = OutFeatures;
   static constexpr std::size_t num_params = 0;
   static constexpr std::string_view name = Fn::name;
   Activation() = default;
@@ -106,6 +109,6 @@ using GELU = Activation<fn::Gelu>;
 using LeakyReLU = Activation<fn::LeakyRelu>;
 using Identity = Activation<fn::Identity>;
 /// [B, d1, d2, ...] -> [B, d1 * d2 * ...]; the following Linear checks the computed count.
-using Flatten = Activation<fn::Flatten>;
+using Flatten = Activation<fn::Flatten, unknown_features>;
 
 }  // namespace loom::nn

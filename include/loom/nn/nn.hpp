@@ -1,5 +1,6 @@
 // loom/nn/nn.hpp — modules, losses.
 #pragma once
+#include "conv.hpp"
 #include "layers.hpp"
 #include "loss.hpp"
 #include "module.hpp"

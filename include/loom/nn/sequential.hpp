@@ -21,7 +21,8 @@ struct chain {
 };
 template <class Last, std::size_t Features, class H, class... R>
 struct chain<Last, Features, H, R...> {
-  static constexpr bool here_ok = Features == any_features || H::in_features == any_features || H::in_features == Features;
+  static constexpr bool here_ok = Features == any_features || Features == unknown_features ||
+                                 H::in_features == any_features || H::in_features == Features;
   static constexpr bool here = check_chain<here_ok, Last, H, Features, H::in_features>::value;
   using NextLast = std::conditional_t<H::out_features == any_features, Last, H>;
   static constexpr std::size_t next = H::out_features == any_features ? Features : H::out_features;

@@ -1,0 +1,56 @@
+// loom/nn/conv.hpp — Conv2d and pooling layers. Channel counts chain through Sequential's check;
+// spatial extents flow through static shapes into Flatten/Linear.
+#pragma once
+#include "../ops/conv.hpp"
+#include "../ops/reduce.hpp"
+#include "layers.hpp"
+
+namespace loom::nn {
+
+/// 2-D convolution, NCHW, weight [Cout, Cin, K, K] (PyTorch's layout and default init:
+/// U(-1/sqrt(Cin*K*K), 1/sqrt(Cin*K*K)) for weight and bias).
+template <std::size_t Cin, std::size_t Cout, std::size_t K, std::size_t Stride = 1, std::size_t Pad = 0,
+          bool Bias = true, class T = float>
+struct Conv2d {
+  static constexpr std::size_t in_features = Cin, out_features = Cout;
+  static constexpr std::size_t num_params = Cout * Cin * K * K + (Bias ? Cout : 0);
+  static constexpr std::string_view name = "Conv2d";
+  Param<T, Shape<Cout, Cin, K, K>> weight;
+  Param<T, Shape<Cout>> bias;
+
+  explicit Conv2d(Generator& g) {
+    const double bound = 1.0 / std::sqrt(static_cast<double>(Cin * K * K));
+    weight.value().assign(uniform<T, Shape<Cout, Cin, K, K>>(g, -bound, bound));
+    if constexpr (Bias) bias.value().assign(uniform<T, Shape<Cout>>(g, -bound, bound));
+  }
+  template <Expression X>
+  auto operator()(const X& x) const {
+    auto y = conv2d<Stride, Pad>(x, weight);
+    if constexpr (Bias) return y + reshape<Shape<Cout, 1, 1>>(bias);
+    else return y;
+  }
+  template <class F>
+  void visit(F&& f, const std::string& prefix) const {
+    f(prefix + "weight", weight);
+    if constexpr (Bias) f(prefix + "bias", bias);
+  }
+};
+
+namespace fn {
+template <std::size_t K, std::size_t S>
+struct MaxPool {
+  static constexpr std::string_view name = "MaxPool2d";
+  auto operator()(const auto& x) const { return max_pool2d<K, S>(x); }
+};
+struct GlobalAvgPool {
+  static constexpr std::string_view name = "GlobalAvgPool";
+  auto operator()(const auto& x) const { return mean<2, 3>(x); }
+};
+}  // namespace fn
+
+template <std::size_t K, std::size_t Stride = K>
+using MaxPool2d = Activation<fn::MaxPool<K, Stride>>;
+/// [N, C, H, W] -> [N, C] (mean over the spatial axes).
+using GlobalAvgPool = Activation<fn::GlobalAvgPool>;
+
+}  // namespace loom::nn

@@ -1,0 +1,213 @@
+// loom/ops/conv.hpp — 2-D convolution (NCHW, stride, padding, dilation) by im2col + GEMM, and max
+// pooling. Spatial extents flow through the static shape, so a following Flatten/Linear is checked.
+//   conv:  out_n = W[Cout, Cin*K*K] @ im2col(x_n)          dW += g_n @ im2col(x_n)^T,  dx_n += col2im(W^T @ g_n)
+//   pool:  out = max over each window (argmax kept)         dx[argmax] += g
+#pragma once
+#include "../backend/cpu/gemm.hpp"
+#include "op.hpp"
+
+namespace loom {
+
+namespace detail {
+template <bool Ok, class X, class W>
+struct check_conv2d {
+  static_assert(Ok, "loom::conv2d: input [N, Cin, H, W] and weight [Cout, Cin, K, K] disagree on rank, channels or "
+                    "kernel size, or the kernel does not fit (see check_conv2d below)");
+  static constexpr bool value = Ok;
+};
+constexpr std::size_t conv_out(std::size_t in, std::size_t k, std::size_t s, std::size_t p, std::size_t d) {
+  if (in == dyn || k == dyn) return dyn;
+  const std::size_t span = d * (k - 1) + 1;
+  return in + 2 * p < span ? 0 : (in + 2 * p - span) / s + 1;
+}
+}  // namespace detail
+
+namespace ops {
+
+template <std::size_t S, std::size_t P, std::size_t D>
+struct Conv2d {
+  static constexpr Kind kind = Kind::kernel;
+  static constexpr bool differentiable = true;
+  static constexpr std::string_view name = "conv2d";
+  template <class X, class W>
+  using shape = Shape<X::extents[0], W::extents[0], detail::conv_out(X::extents[2], W::extents[2], S, P, D),
+                      detail::conv_out(X::extents[3], W::extents[3], S, P, D)>;
+
+  Dims<4> dims(const Dims<4>& x, const Dims<4>& w) const {
+    const std::size_t ho = detail::conv_out(x[2], w[2], S, P, D), wo = detail::conv_out(x[3], w[3], S, P, D);
+    if (x[1] != w[1] || ho == 0 || wo == 0)
+      throw shape_error("loom::conv2d: input " + to_string(x) + " and weight " + to_string(w) +
+                        " do not fit (channels differ or the kernel is larger than the padded input)");
+    return {x[0], w[0], ho, wo};
+  }
+  /// One sample's im2col matrix [Cin*K*K, Hout*Wout].
+  std::size_t scratch(const Dims<4>& x, const Dims<4>& w) const {
+    const auto o = dims(x, w);
+    return x[1] * w[2] * w[3] * o[2] * o[3];
+  }
+
+  template <class T>
+  static void im2col(const detail::View<T, 4>& x, std::size_t n, const Dims<4>& w, const Dims<4>& o, T* col) {
+    const std::size_t C = x.dims[1], H = x.dims[2], W = x.dims[3], KH = w[2], KW = w[3], HO = o[2], WO = o[3];
+    const T* base = x.data + static_cast<std::ptrdiff_t>(n) * x.strides[0];
+    for (std::size_t c = 0; c < C; ++c)
+      for (std::size_t ki = 0; ki < KH; ++ki)
+        for (std::size_t kj = 0; kj < KW; ++kj) {
+          T* row = col + ((c * KH + ki) * KW + kj) * HO * WO;
+          for (std::size_t oh = 0; oh < HO; ++oh) {
+            const auto ih = static_cast<std::ptrdiff_t>(oh * S + ki * D) - static_cast<std::ptrdiff_t>(P);
+            T* r = row + oh * WO;
+            if (ih < 0 || ih >= static_cast<std::ptrdiff_t>(H)) {
+              std::fill_n(r, WO, T{0});
+              continue;
+            }
+            const T* src = base + static_cast<std::ptrdiff_t>(c) * x.strides[1] + ih * x.strides[2];
+            for (std::size_t ow = 0; ow < WO; ++ow) {
+              const auto iw = static_cast<std::ptrdiff_t>(ow * S + kj * D) - static_cast<std::ptrdiff_t>(P);
+              r[ow] = (iw < 0 || iw >= static_cast<std::ptrdiff_t>(W)) ? T{0} : src[iw * x.strides[3]];
+            }
+          }
+        }
+  }
+  template <class T>
+  static void col2im_add(const T* col, const detail::View<T, 4>& dx, std::size_t n, const Dims<4>& w, const Dims<4>& o) {
+    const std::size_t C = dx.dims[1], H = dx.dims[2], W = dx.dims[3], KH = w[2], KW = w[3], HO = o[2], WO = o[3];
+    T* base = dx.data + static_cast<std::ptrdiff_t>(n) * dx.strides[0];
+    for (std::size_t c = 0; c < C; ++c)
+      for (std::size_t ki = 0; ki < KH; ++ki)
+        for (std::size_t kj = 0; kj < KW; ++kj) {
+          const T* row = col + ((c * KH + ki) * KW + kj) * HO * WO;
+          for (std::size_t oh = 0; oh < HO; ++oh) {
+            const auto ih = static_cast<std::ptrdiff_t>(oh * S + ki * D) - static_cast<std::ptrdiff_t>(P);
+            if (ih < 0 || ih >= static_cast<std::ptrdiff_t>(H)) continue;
+            T* dst = base + static_cast<std::ptrdiff_t>(c) * dx.strides[1] + ih * dx.strides[2];
+            for (std::size_t ow = 0; ow < WO; ++ow) {
+              const auto iw = static_cast<std::ptrdiff_t>(ow * S + kj * D) - static_cast<std::ptrdiff_t>(P);
+              if (iw >= 0 && iw < static_cast<std::ptrdiff_t>(W)) dst[iw * dx.strides[3]] += row[oh * WO + ow];
+            }
+          }
+        }
+  }
+  template <class T>
+  static detail::View<T, 2> weight_matrix(const detail::View<T, 4>& w) {
+    const std::size_t r = w.dims[0], c = w.dims[1] * w.dims[2] * w.dims[3];
+    if (w.strides[3] != 1 || w.strides[2] != static_cast<std::ptrdiff_t>(w.dims[3]) ||
+        w.strides[1] != static_cast<std::ptrdiff_t>(w.dims[2] * w.dims[3]))
+      throw shape_error("loom::conv2d: the weight must be contiguous within each output channel");
+    return {w.data, {r, c}, {w.strides[0], 1}};
+  }
+  template <class T>
+  static detail::View<T, 2> sample(const detail::View<T, 4>& v, std::size_t n) {
+    if (v.strides[3] != 1 || v.strides[2] != static_cast<std::ptrdiff_t>(v.dims[3]))
+      throw shape_error("loom::conv2d: output gradients must be contiguous per channel");
+    return {v.data + static_cast<std::ptrdiff_t>(n) * v.strides[0], {v.dims[1], v.dims[2] * v.dims[3]}, {v.strides[1], 1}};
+  }
+
+  template <class T>
+  void forward(const detail::View<T, 4>& out, const detail::View<T, 4>& x, const detail::View<T, 4>& w, T* col) const {
+    const auto wm = weight_matrix(w);
+    const std::size_t HW = out.dims[2] * out.dims[3];
+    for (std::size_t n = 0; n < x.dims[0]; ++n) {
+      im2col(x, n, w.dims, out.dims, col);
+      backend::cpu::gemm(sample(out, n), wm, detail::View<T, 2>{col, {wm.dims[1], HW}, {static_cast<std::ptrdiff_t>(HW), 1}}, false);
+    }
+  }
+  template <class T>
+  void backward(const detail::View<T, 4>& g, const detail::View<T, 4>& out,
+                const std::pair<detail::View<T, 4>, detail::View<T, 4>>& x,
+                const std::pair<detail::View<T, 4>, detail::View<T, 4>>& w, T* col) const {
+    const auto wm = weight_matrix(w.first);
+    const std::size_t HW = out.dims[2] * out.dims[3];
+    const detail::View<T, 2> cv{col, {wm.dims[1], HW}, {static_cast<std::ptrdiff_t>(HW), 1}};
+    for (std::size_t n = 0; n < x.first.dims[0]; ++n) {
+      if (w.second.data) {
+        im2col(x.first, n, w.first.dims, out.dims, col);
+        backend::cpu::gemm(weight_matrix(w.second), sample(g, n), backend::cpu::transposed(cv), true);
+      }
+      if (x.second.data) {
+        backend::cpu::gemm(cv, backend::cpu::transposed(wm), sample(g, n), false);
+        col2im_add(col, x.second, n, w.first.dims, out.dims);
+      }
+    }
+  }
+};
+
+template <std::size_t K, std::size_t S>
+struct MaxPool2d {
+  static constexpr Kind kind = Kind::kernel;
+  static constexpr bool differentiable = true;
+  static constexpr std::string_view name = "max_pool2d";
+  template <class X>
+  using shape = Shape<X::extents[0], X::extents[1], detail::conv_out(X::extents[2], K, S, 0, 1),
+                      detail::conv_out(X::extents[3], K, S, 0, 1)>;
+  Dims<4> dims(const Dims<4>& x) const {
+    const std::size_t ho = detail::conv_out(x[2], K, S, 0, 1), wo = detail::conv_out(x[3], K, S, 0, 1);
+    if (ho == 0 || wo == 0)
+      throw shape_error("loom::max_pool2d: window " + std::to_string(K) + " is larger than the input " + to_string(x));
+    return {x[0], x[1], ho, wo};
+  }
+  /// The position (i * K + j) of each output's maximum in its window (kept for backward).
+  std::size_t scratch(const Dims<4>& x) const { return numel(dims(x)); }
+  /// Calls f(k, offset of window element (i, j)) over outputs k in row-major order.
+  template <class T, class F>
+  static void windows(const Dims<4>& o, const detail::View<T, 4>& x, F&& f) {
+    std::size_t k = 0;
+    for (std::size_t n = 0; n < o[0]; ++n)
+      for (std::size_t c = 0; c < o[1]; ++c)
+        for (std::size_t oh = 0; oh < o[2]; ++oh)
+          for (std::size_t ow = 0; ow < o[3]; ++ow, ++k) {
+            const std::ptrdiff_t base = static_cast<std::ptrdiff_t>(n) * x.strides[0] + static_cast<std::ptrdiff_t>(c) * x.strides[1] +
+                                        static_cast<std::ptrdiff_t>(oh * S) * x.strides[2] + static_cast<std::ptrdiff_t>(ow * S) * x.strides[3];
+            f(k, [&](std::size_t i, std::size_t j) {
+              return base + static_cast<std::ptrdiff_t>(i) * x.strides[2] + static_cast<std::ptrdiff_t>(j) * x.strides[3];
+            });
+          }
+  }
+  template <class T>
+  void forward(const detail::View<T, 4>& out, const detail::View<T, 4>& x, T* arg) const {
+    windows(out.dims, x, [&](std::size_t k, auto at) {
+      std::size_t best = 0;
+      T m = x.data[at(0, 0)];
+      for (std::size_t i = 0; i < K; ++i)
+        for (std::size_t j = 0; j < K; ++j)
+          if (const T v = x.data[at(i, j)]; v > m) m = v, best = i * K + j;
+      out.data[k] = m;
+      arg[k] = static_cast<T>(best);
+    });
+  }
+  template <class T>
+  void backward(const detail::View<T, 4>& g, const detail::View<T, 4>&,
+                const std::pair<detail::View<T, 4>, detail::View<T, 4>>& x, T* arg) const {
+    if (!x.second.data) return;
+    windows(g.dims, x.second, [&](std::size_t k, auto at) {
+      const auto w = static_cast<std::size_t>(arg[k]);
+      x.second.data[at(w / K, w % K)] += g.data[k];
+    });
+  }
+};
+
+}  // namespace ops
+
+/// Convolution of x [N, Cin, H, W] with w [Cout, Cin, K, K] (no bias; add it as a broadcast).
+template <std::size_t Stride = 1, std::size_t Pad = 0, std::size_t Dilation = 1, Expression X, Expression W>
+auto conv2d(const X& x, const W& w) {
+  using SX = shape_t<X>;
+  using SW = shape_t<W>;
+  constexpr bool ok = [] {
+    if constexpr (SX::rank != 4 || SW::rank != 4) return false;
+    else
+      return (SX::extents[1] == SW::extents[1] || SX::extents[1] == dyn || SW::extents[1] == dyn) &&
+             detail::conv_out(SX::extents[2], SW::extents[2], Stride, Pad, Dilation) != 0 &&
+             detail::conv_out(SX::extents[3], SW::extents[3], Stride, Pad, Dilation) != 0;
+  }();
+  detail::check_conv2d<ok, SX, SW>{};
+  if constexpr (ok) return make_node(ops::Conv2d<Stride, Pad, Dilation>{}, x, w);
+}
+/// Max over K x K windows moved by Stride (default K).
+template <std::size_t K, std::size_t Stride = K, Expression X>
+auto max_pool2d(const X& x) {
+  static_assert(shape_t<X>::rank == 4, "loom::max_pool2d: needs an input [N, C, H, W]");
+  return make_node(ops::MaxPool2d<K, Stride>{}, x);
+}
+
+}  // namespace loom

@@ -1,0 +1,114 @@
+// Convolution and pooling: finite-difference checks (double), PyTorch's conv2d over 16 shape sets
+// (odd sizes, stride 2-3, padding 0-3, dilation 2, 1x1 and 7x7 kernels) and max_pool2d, and a CNN
+// whose spatial extents flow through the types.
+#include <loom/loom.hpp>
+
+#include "../support/fixtures.hpp"
+#include "../support/gradcheck.hpp"
+
+using namespace loom;
+using loom::testing::compare;
+using loom::testing::tagged;
+
+namespace {
+const auto& fx() {
+  static const auto f = loom::testing::read_fixtures("nn.txt");
+  return f;
+}
+template <class S>
+Param<float, S> load(const std::vector<float>& v) {
+  Param<float, S> p;
+  REQUIRE(v.size() == p.value().size());
+  std::copy(v.begin(), v.end(), p.value().data());
+  return p;
+}
+template <class T, class S>
+std::vector<float> flat(const Tensor<T, S>& t) {
+  std::vector<float> v;
+  t.for_each([&](T& x) { v.push_back(static_cast<float>(x)); });
+  return v;
+}
+
+template <std::size_t Id, std::size_t N, std::size_t Cin, std::size_t H, std::size_t W, std::size_t Cout, std::size_t K,
+          std::size_t S, std::size_t P, std::size_t D>
+void conv_case() {
+  const auto& c = fx().at("conv2d_" + std::to_string(Id));
+  CAPTURE(Id);
+  auto x = load<Shape<N, Cin, H, W>>(tagged(c, "x").at(0));
+  auto w = load<Shape<Cout, Cin, K, K>>(tagged(c, "w").at(0));
+  auto y = conv2d<S, P, D>(x, w);
+  using SY = shape_t<decltype(y)>;
+  static_assert(SY::is_static);
+  auto fwd = compile(y);
+  compare(flat(fwd.forward()), tagged(c, "y").at(0), "conv2d value", 1e-4f, 1e-4f);
+  Tensor<float, SY> r;
+  const auto rv = tagged(c, "r").at(0);
+  std::copy(rv.begin(), rv.end(), r.data());
+  auto step = compile(sum(y * Constant<float, SY>(r)));
+  step.forward();
+  step.backward();
+  compare(flat(x.grad()), tagged(c, "dx").at(0), "conv2d dx", 1e-4f, 1e-4f);
+  compare(flat(w.grad()), tagged(c, "dw").at(0), "conv2d dw", 1e-4f, 1e-4f);
+}
+}  // namespace
+
+TEST_CASE("conv2d: finite-difference gradients (stride, padding, dilation)") {
+  auto x = loom::testing::param<Shape<2, 2, 6, 5>>(51);
+  auto w = loom::testing::param<Shape<3, 2, 3, 3>>(52);
+  auto b = loom::testing::param<Shape<3, 1, 1>>(53);
+  loom::testing::gradcheck([&] { return conv2d(x, w) + b; }, x, w, b);
+  loom::testing::gradcheck([&] { return conv2d<2, 1>(x, w); }, x, w);
+  loom::testing::gradcheck([&] { return conv2d<1, 2, 2>(x, w); }, x, w);
+  loom::testing::gradcheck([&] { return max_pool2d<2>(tanh(conv2d<1, 1>(x, w))); }, x, w);
+}
+
+TEST_CASE("conv2d and max_pool2d match PyTorch") {
+  conv_case<0, 2, 3, 5, 5, 4, 3, 1, 0, 1>();
+  conv_case<1, 1, 1, 7, 7, 2, 3, 1, 1, 1>();
+  conv_case<2, 2, 2, 8, 8, 3, 3, 2, 1, 1>();
+  conv_case<3, 1, 3, 9, 7, 2, 3, 2, 0, 1>();
+  conv_case<4, 2, 4, 6, 6, 5, 1, 1, 0, 1>();
+  conv_case<5, 1, 2, 7, 9, 3, 1, 2, 0, 1>();
+  conv_case<6, 1, 1, 11, 11, 2, 7, 1, 3, 1>();
+  conv_case<7, 1, 2, 9, 9, 2, 7, 2, 2, 1>();
+  conv_case<8, 2, 3, 10, 10, 2, 5, 1, 2, 1>();
+  conv_case<9, 1, 2, 13, 11, 3, 3, 3, 1, 1>();
+  conv_case<10, 2, 1, 6, 6, 1, 2, 2, 0, 1>();
+  conv_case<11, 1, 3, 9, 9, 2, 3, 1, 2, 2>();
+  conv_case<12, 1, 2, 12, 12, 4, 3, 2, 2, 1>();
+  conv_case<13, 3, 2, 5, 7, 2, 3, 1, 1, 1>();
+  conv_case<14, 1, 4, 8, 8, 2, 4, 2, 1, 1>();
+  conv_case<15, 2, 2, 15, 15, 3, 3, 1, 0, 2>();
+  auto pool = [&]<std::size_t Id, std::size_t N, std::size_t C, std::size_t H, std::size_t W, std::size_t K, std::size_t S>() {
+    const auto& c = fx().at("max_pool2d_" + std::to_string(Id));
+    auto x = load<Shape<N, C, H, W>>(tagged(c, "x").at(0));
+    auto y = max_pool2d<K, S>(x);
+    using SY = shape_t<decltype(y)>;
+    compare(flat(compile(y).forward()), tagged(c, "y").at(0), "pool value");
+    Tensor<float, SY> r;
+    const auto rv = tagged(c, "r").at(0);
+    std::copy(rv.begin(), rv.end(), r.data());
+    auto step = compile(sum(y * Constant<float, SY>(r)));
+    step.forward();
+    step.backward();
+    compare(flat(x.grad()), tagged(c, "dx").at(0), "pool dx");
+  };
+  pool.template operator()<0, 2, 3, 8, 8, 2, 2>();
+  pool.template operator()<1, 1, 2, 9, 7, 3, 2>();
+  pool.template operator()<2, 1, 1, 6, 6, 3, 1>();
+}
+
+TEST_CASE("nn: a CNN's spatial extents flow through the types") {
+  using Net = nn::Sequential<nn::Conv2d<1, 8, 3, 1, 1>, nn::ReLU, nn::MaxPool2d<2>, nn::Conv2d<8, 16, 3, 1, 1>,
+                             nn::ReLU, nn::MaxPool2d<2>, nn::Flatten, nn::Linear<16 * 7 * 7, 10>>;
+  static_assert(Net::num_params == (8 * 9 + 8) + (16 * 8 * 9 + 16) + (784 * 10 + 10));
+  Generator g(3);
+  Net net(g);
+  auto x = input<float, Shape<dyn, 1, 28, 28>>();
+  auto out = net(x);
+  static_assert(std::is_same_v<shape_t<decltype(out)>, Shape<dyn, 10>>);
+  auto xt = uniform<float, Shape<dyn, 1, 28, 28>>(g, 0, 1, {2, 1, 28, 28});
+  auto v = compile(out).forward(xt);
+  CHECK(v.dims() == Dims<2>{2, 10});
+  CHECK(std::isfinite(v(1, 9)));
+}
