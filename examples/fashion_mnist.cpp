@@ -21,13 +21,15 @@ using MLP = nn::Sequential<nn::Flatten, nn::Linear<784, 256>, nn::ReLU, nn::Line
 static_assert(MLP::num_params == 235146);
 // Two conv blocks; 28 -> 14 -> 7 spatially, so the classifier sees 64 * 7 * 7 = 3136 features (writing
 // another count there is a compile error that states 3136).
-using CNN = nn::Sequential<nn::Conv2d<1, 32, 3, 1, 1>, nn::ReLU, nn::MaxPool2d<2>,
-                           nn::Conv2d<32, 64, 3, 1, 1>, nn::ReLU, nn::MaxPool2d<2>,
-                           nn::Flatten, nn::Linear<64 * 7 * 7, 128>, nn::ReLU, nn::Linear<128, 10>>;
-static_assert(CNN::num_params == 421642);
+using CNN = nn::Sequential<nn::Conv2d<1, 32, 3, 1, 1>, nn::BatchNorm2d<32>, nn::ReLU, nn::MaxPool2d<2>,
+                           nn::Conv2d<32, 64, 3, 1, 1>, nn::BatchNorm2d<64>, nn::ReLU, nn::MaxPool2d<2>,
+                           nn::Flatten, nn::Linear<64 * 7 * 7, 128>, nn::ReLU, nn::Dropout<250>, nn::Linear<128, 10>>;
+static_assert(CNN::num_params == 421834);
 
 struct Options {
   std::string model = "mlp", optimizer = "adam", schedule = "cosine", data_dir = data::FashionMNIST::default_dir;
+  std::string checkpoint = "fashion_mnist.safetensors";
+  bool resume = false, eval_only = false;
   int epochs = 3, threads = 0;
   std::size_t batch = 64;
   double lr = 1e-3;
@@ -58,9 +60,41 @@ int train(const Options& o) {
                                      : Opt(optim::Adam<float>(params, {.lr = o.lr}));
   data::DataLoader loader(train_set, {.batch = o.batch, .shuffle = true, .seed = o.seed});
   data::DataLoader test_loader(test_set, {.batch = 1000, .shuffle = false});
+  auto evaluate = [&] {
+    net.eval();  // batch norm uses its running statistics, dropout is off
+    double test_loss = 0;
+    std::size_t correct = 0;
+    for (auto it = test_loader.begin(); it != test_loader.end(); ++it) {
+      const auto& b = *it;
+      test_loss += loss_only.forward(b.x, b.y).item() * double(b.y.size());
+      auto out = predict.forward(b.x);
+      for (std::size_t i = 0; i < b.y.size(); ++i) {
+        std::size_t best = 0;
+        for (std::size_t c = 1; c < 10; ++c)
+          if (out(i, c) > out(i, best)) best = c;
+        correct += static_cast<std::int64_t>(best) == b.y(i);
+      }
+    }
+    net.train();
+    return std::pair{test_loss / double(test_set.size()), double(correct) / double(test_set.size())};
+  };
+  int first_epoch = 1;
+  if (o.resume || o.eval_only) {
+    const auto file = io::load_module(o.checkpoint, net);
+    std::int64_t done = 0;
+    io::restore(file, "epoch", &done, {1}, o.checkpoint);
+    if (o.resume) std::visit([&](auto& op) { io::restore_optimizer(op, file, o.checkpoint); }, opt);
+    first_epoch = int(done) + 1;
+    std::printf("restored %s (after epoch %lld)\n", o.checkpoint.c_str(), static_cast<long long>(done));
+  }
+  if (o.eval_only) {
+    const auto [loss, acc] = evaluate();
+    std::printf("test loss %.4f  test accuracy %.2f%%\n", loss, 100 * acc);
+    return 0;
+  }
   const std::size_t total_steps = loader.size() * std::size_t(o.epochs);
-  std::size_t global_step = 0;
-  for (int epoch = 1; epoch <= o.epochs; ++epoch) {
+  std::size_t global_step = loader.size() * std::size_t(first_epoch - 1);
+  for (int epoch = first_epoch; epoch <= o.epochs; ++epoch) {
     const auto t0 = Clock::now();
     double total = 0;
     std::size_t n = 0;
@@ -79,22 +113,15 @@ int train(const Options& o) {
       }
     }
     const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
-    double test_loss = 0;
-    std::size_t correct = 0;
-    for (auto it = test_loader.begin(); it != test_loader.end(); ++it) {
-      const auto& b = *it;
-      test_loss += loss_only.forward(b.x, b.y).item() * double(b.y.size());
-      auto out = predict.forward(b.x);
-      for (std::size_t i = 0; i < b.y.size(); ++i) {
-        std::size_t best = 0;
-        for (std::size_t c = 1; c < 10; ++c)
-          if (out(i, c) > out(i, best)) best = c;
-        correct += static_cast<std::int64_t>(best) == b.y(i);
-      }
-    }
+    const auto [test_loss, acc] = evaluate();
     std::printf("\nepoch %d: train loss %.4f  test loss %.4f  test accuracy %.2f%%  (%.1f s)\n", epoch, total / n,
-                test_loss / double(test_set.size()), 100.0 * double(correct) / double(test_set.size()), secs);
+                test_loss, 100.0 * acc, secs);
+    auto extra = std::visit([](auto& op) { return io::optimizer_state(op); }, opt);
+    const std::int64_t e = epoch;
+    extra["epoch"] = io::stored(&e, {1});
+    io::save_module(o.checkpoint, net, extra);  // atomic: a crash here keeps the previous file
   }
+  std::printf("checkpoint: %s\n", o.checkpoint.c_str());
   return 0;
 }
 
@@ -111,6 +138,9 @@ int main(int argc, char** argv) {
   app.add_option("--threads", o.threads, "OpenMP threads (0: all cores)");
   app.add_option("--seed", o.seed, "seed for initialization and shuffling");
   app.add_option("--data-dir", o.data_dir, "folder with the four IDX files");
+  app.add_option("--checkpoint", o.checkpoint, "safetensors file written after every epoch");
+  app.add_flag("--resume", o.resume, "continue from --checkpoint (model, optimizer state, epoch)");
+  app.add_flag("--eval-only", o.eval_only, "load --checkpoint and report the test loss and accuracy");
   CLI11_PARSE(app, argc, argv);
 #ifdef _OPENMP
   if (o.threads > 0) omp_set_num_threads(o.threads);

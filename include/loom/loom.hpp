@@ -13,3 +13,4 @@
 #include "nn/nn.hpp"
 #include "optim/optimizer.hpp"
 #include "optim/schedule.hpp"
+#include "io/safetensors.hpp"

@@ -4,4 +4,5 @@
 #include "layers.hpp"
 #include "loss.hpp"
 #include "module.hpp"
+#include "norm.hpp"
 #include "sequential.hpp"

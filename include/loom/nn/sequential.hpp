@@ -53,6 +53,18 @@ struct Sequential {
   auto operator()(const X& x) const {
     return apply<0>(x);
   }
+  /// Training mode (dropout active, batch statistics) or eval mode, for every layer that has one.
+  void train(bool on = true) {
+    [&]<std::size_t... I>(std::index_sequence<I...>) {
+      ([&](auto& layer) {
+        if constexpr (requires { layer.set_training(on); }) layer.set_training(on);
+        else if constexpr (requires { layer.train(on); }) layer.train(on);
+      }(loom::detail::get<I>(layers)), ...);
+    }(std::index_sequence_for<L...>{});
+  }
+  void eval() { train(false); }
+  void set_training(bool on) { train(on); }
+
   template <class F>
   void visit(F&& f, const std::string& prefix) const {
     [&]<std::size_t... I>(std::index_sequence<I...>) {

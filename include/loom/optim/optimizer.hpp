@@ -60,6 +60,13 @@ class SGD : public Optimizer<T> {
     ++steps_;
   }
   Options& options() { return o_; }
+  /// Named state buffers (for checkpoints) and the step count.
+  std::vector<std::pair<std::string, std::vector<T>*>> state_buffers() {
+    std::vector<std::pair<std::string, std::vector<T>*>> r;
+    for (std::size_t i = 0; i < this->params_.size(); ++i) r.emplace_back(this->params_[i].name + ".momentum_buffer", &buf_[i]);
+    return r;
+  }
+  std::size_t& step_count() { return steps_; }
 
  private:
   Options o_;
@@ -92,6 +99,15 @@ class AdamBase : public Optimizer<T> {
     }
   }
   Options& options() { return o_; }
+  std::vector<std::pair<std::string, std::vector<T>*>> state_buffers() {
+    std::vector<std::pair<std::string, std::vector<T>*>> r;
+    for (std::size_t i = 0; i < this->params_.size(); ++i) {
+      r.emplace_back(this->params_[i].name + ".exp_avg", &m_[i]);
+      r.emplace_back(this->params_[i].name + ".exp_avg_sq", &v_[i]);
+    }
+    return r;
+  }
+  std::size_t& step_count() { return t_; }
 
  private:
   Options o_;
