@@ -25,6 +25,14 @@ using CNN = nn::Sequential<nn::Conv2d<1, 32, 3, 1, 1>, nn::BatchNorm2d<32>, nn::
                            nn::Conv2d<32, 64, 3, 1, 1>, nn::BatchNorm2d<64>, nn::ReLU, nn::MaxPool2d<2>,
                            nn::Flatten, nn::Linear<64 * 7 * 7, 128>, nn::ReLU, nn::Dropout<250>, nn::Linear<128, 10>>;
 static_assert(CNN::num_params == 421834);
+// A small residual network: two stages, each a conv + a residual block, then global average pooling.
+template <std::size_t C>
+using Block = nn::Residual<nn::Conv2d<C, C, 3, 1, 1>, nn::BatchNorm2d<C>, nn::ReLU, nn::Conv2d<C, C, 3, 1, 1>, nn::BatchNorm2d<C>>;
+using ResNet = nn::Sequential<nn::Conv2d<1, 32, 3, 1, 1>, nn::BatchNorm2d<32>, nn::ReLU, nn::MaxPool2d<2>,  // 14x14
+                              Block<32>, nn::ReLU,
+                              nn::Conv2d<32, 64, 3, 1, 1>, nn::BatchNorm2d<64>, nn::ReLU, nn::MaxPool2d<2>,  // 7x7
+                              Block<64>, nn::ReLU, nn::GlobalAvgPool, nn::Linear<64, 10>>;
+static_assert(ResNet::num_params == 112394);
 
 struct Options {
   std::string model = "mlp", optimizer = "adam", schedule = "cosine", data_dir = data::FashionMNIST::default_dir;
@@ -46,7 +54,8 @@ int train(const Options& o) {
               std::chrono::duration<double>(Clock::now() - t_load).count());
   Generator gen(o.seed);
   Net net(gen);
-  std::printf("model %s: %zu parameters\n", o.model.c_str(), Net::num_params);
+  std::printf("model %s: %zu parameters\n%s", o.model.c_str(), Net::num_params,
+              Net::template summary<Shape<dyn, 1, 28, 28>>().c_str());
   auto x = input<float, Shape<dyn, 1, 28, 28>>();
   auto y = input<std::int64_t, Shape<dyn>>();
   auto logits = net(x);
@@ -128,8 +137,7 @@ int train(const Options& o) {
 int main(int argc, char** argv) {
   Options o;
   CLI::App app{"Train a loom model on Fashion-MNIST"};
-  app.add_option("--model", o.model, "network: mlp | cnn (resnet arrives with batch norm)")
-      ->check(CLI::IsMember({"mlp", "cnn"}));
+  app.add_option("--model", o.model, "network: mlp | cnn | resnet")->check(CLI::IsMember({"mlp", "cnn", "resnet"}));
   app.add_option("--epochs", o.epochs, "epochs")->check(CLI::PositiveNumber);
   app.add_option("--batch", o.batch, "batch size")->check(CLI::PositiveNumber);
   app.add_option("--lr", o.lr, "learning rate");
@@ -146,7 +154,9 @@ int main(int argc, char** argv) {
   if (o.threads > 0) omp_set_num_threads(o.threads);
 #endif
   try {
-    return o.model == "cnn" ? train<CNN>(o) : train<MLP>(o);
+    if (o.model == "cnn") return train<CNN>(o);
+    if (o.model == "resnet") return train<ResNet>(o);
+    return train<MLP>(o);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;

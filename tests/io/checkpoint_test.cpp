@@ -88,3 +88,16 @@ TEST_CASE("io: a failed save leaves the previous checkpoint intact") {
   CHECK(read_all(path) == before);
   fs::remove_all(path + ".tmp");
 }
+
+TEST_CASE("io: batch-norm running statistics travel with the checkpoint") {
+  Generator g(3);
+  using BNNet = nn::Sequential<nn::Linear<3, 4>, nn::BatchNorm1d<4>>;
+  BNNet a(g), b(g);
+  (*a.get<1>().running_mean)[2] = 0.75;
+  (*a.get<1>().running_var)[1] = 2.5;
+  const auto path = tmp_path("bn.safetensors");
+  io::save_module(path, a);
+  io::load_module(path, b);
+  CHECK((*b.get<1>().running_mean)[2] == 0.75);
+  CHECK((*b.get<1>().running_var)[1] == 2.5);
+}

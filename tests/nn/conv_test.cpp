@@ -112,3 +112,37 @@ TEST_CASE("nn: a CNN's spatial extents flow through the types") {
   CHECK(v.dims() == Dims<2>{2, 10});
   CHECK(std::isfinite(v(1, 9)));
 }
+
+TEST_CASE("nn: residual blocks, average pooling and the model summary") {
+  // A small ResNet-like net for 28x28 inputs; its parameter count is known at compile time.
+  using Block16 = nn::Residual<nn::Conv2d<16, 16, 3, 1, 1>, nn::BatchNorm2d<16>, nn::ReLU, nn::Conv2d<16, 16, 3, 1, 1>,
+                              nn::BatchNorm2d<16>>;
+  using Net = nn::Sequential<nn::Conv2d<1, 16, 3, 1, 1>, nn::BatchNorm2d<16>, nn::ReLU, nn::MaxPool2d<2>, Block16,
+                             nn::ReLU, nn::AvgPool2d<2>, nn::GlobalAvgPool, nn::Linear<16, 10>>;
+  constexpr std::size_t conv16 = 16 * 16 * 9 + 16, bn16 = 32;
+  static_assert(Net::num_params == (16 * 9 + 16) + bn16 + (2 * conv16 + 2 * bn16) + (16 * 10 + 10));
+  Generator g(4);
+  Net net(g);
+  const auto table = Net::summary<Shape<dyn, 1, 28, 28>>();
+  CHECK(table.find("Residual") != std::string::npos);
+  CHECK(table.find("[dyn, 16, 7, 7]") != std::string::npos);  // after AvgPool2d
+  CHECK(table.find("[dyn, 10]") != std::string::npos);
+  CHECK(table.find(std::to_string(2 * 16 * 10)) != std::string::npos);  // Linear FLOPs
+  auto x = input<float, Shape<dyn, 1, 28, 28>>();
+  auto y = input<std::int64_t, Shape<dyn>>();
+  auto step = compile(nn::cross_entropy(net(x), y));
+  auto xt = uniform<float, Shape<dyn, 1, 28, 28>>(g, 0, 1, {4, 1, 28, 28});
+  Tensor<std::int64_t, Shape<dyn>> yt({4}, {1, 2, 3, 4});
+  const float first = step.forward(xt, yt).item();
+  optim::Adam<float> opt(nn::parameters(net), {.lr = 1e-2});
+  for (int i = 0; i < 20; ++i) {
+    step.forward(xt, yt);
+    step.backward();
+    opt.step();
+    opt.zero_grad();
+  }
+  CHECK(step.forward(xt, yt).item() < 0.5f * first);  // it can fit four samples
+  auto a = loom::testing::param<Shape<2, 3, 6, 4>>(71);
+  loom::testing::gradcheck([&] { return avg_pool2d<2>(a) * 1.0; }, a);
+  loom::testing::gradcheck([&] { return avg_pool2d<3, 1>(a * a); }, a);
+}

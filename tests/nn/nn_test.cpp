@@ -103,4 +103,15 @@ TEST_CASE("optim: SGD, Adam and AdamW follow PyTorch's trajectories") {
   run("sgd_momentum_dampening", [](auto r) { return optim::SGD<float>(r, {.lr = 0.05, .momentum = 0.8, .dampening = 0.1}); });
   run("adam", [](auto r) { return optim::Adam<float>(r, {.lr = 0.01, .weight_decay = 0.1}); });
   run("adamw", [](auto r) { return optim::AdamW<float>(r, {.lr = 0.01, .weight_decay = 0.1}); });
+  run("rmsprop", [](auto r) { return optim::RMSprop<float>(r, {.lr = 0.01, .weight_decay = 0.05, .momentum = 0.5}); });
+}
+
+TEST_CASE("optim: clip_grad_norm scales all gradients to the global norm") {
+  std::vector<float> v1(3, 0), g1{3, 0, 0}, v2(1, 0), g2{4};
+  std::vector<nn::ParamRef<float>> refs{{"a", v1.data(), g1.data(), 3, {3}}, {"b", v2.data(), g2.data(), 1, {1}}};
+  CHECK(optim::clip_grad_norm(refs, 10.0) == doctest::Approx(5.0));
+  CHECK(g1[0] == 3.0f);
+  CHECK(optim::clip_grad_norm(refs, 1.0) == doctest::Approx(5.0));
+  CHECK(g1[0] == doctest::Approx(0.6f));
+  CHECK(g2[0] == doctest::Approx(0.8f));
 }

@@ -233,6 +233,8 @@ void save_module(const std::string& path, const M& m, std::map<std::string, Stor
     const auto& d = p.value().dims();
     extra[name] = stored(p.value().data(), std::vector<std::size_t>(d.begin(), d.end()));
   }, "");
+  if constexpr (requires { m.visit_buffers([](const std::string&, std::vector<double>&) {}, ""); })
+    m.visit_buffers([&](const std::string& name, const std::vector<double>& b) { extra[name] = stored(b.data(), {b.size()}); }, "");
   save(path, extra);
 }
 /// Loads a module's parameters; returns the whole file for callers that stored more (optimizer state).
@@ -243,6 +245,8 @@ std::map<std::string, StoredTensor> load_module(const std::string& path, const M
     const auto& d = p.value().dims();
     restore(file, name, p.value().data(), std::vector<std::size_t>(d.begin(), d.end()), path);
   }, "");
+  if constexpr (requires { m.visit_buffers([](const std::string&, std::vector<double>&) {}, ""); })
+    m.visit_buffers([&](const std::string& name, std::vector<double>& b) { restore(file, name, b.data(), {b.size()}, path); }, "");
   return file;
 }
 

@@ -34,6 +34,8 @@ struct Conv2d {
     f(prefix + "weight", weight);
     if constexpr (Bias) f(prefix + "bias", bias);
   }
+  template <class OutShape>
+  static constexpr std::size_t flops() { return 2 * Cin * K * K * Cout * OutShape::extents[2] * OutShape::extents[3]; }
 };
 
 namespace fn {
@@ -41,6 +43,11 @@ template <std::size_t K, std::size_t S>
 struct MaxPool {
   static constexpr std::string_view name = "MaxPool2d";
   auto operator()(const auto& x) const { return max_pool2d<K, S>(x); }
+};
+template <std::size_t K, std::size_t S>
+struct AvgPool {
+  static constexpr std::string_view name = "AvgPool2d";
+  auto operator()(const auto& x) const { return avg_pool2d<K, S>(x); }
 };
 struct GlobalAvgPool {
   static constexpr std::string_view name = "GlobalAvgPool";
@@ -50,6 +57,8 @@ struct GlobalAvgPool {
 
 template <std::size_t K, std::size_t Stride = K>
 using MaxPool2d = Activation<fn::MaxPool<K, Stride>>;
+template <std::size_t K, std::size_t Stride = K>
+using AvgPool2d = Activation<fn::AvgPool<K, Stride>>;
 /// [N, C, H, W] -> [N, C] (mean over the spatial axes).
 using GlobalAvgPool = Activation<fn::GlobalAvgPool>;
 

@@ -55,6 +55,9 @@ struct Linear {
     f(prefix + "weight", weight);
     if constexpr (Bias) f(prefix + "bias", bias);
   }
+  /// Multiply-adds count twice, per sample.
+  template <class OutShape>
+  static constexpr std::size_t flops() { return 2 * In * Out; }
 };
 
 /// Layers without parameters that keep the feature count.

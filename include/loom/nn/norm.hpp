@@ -169,6 +169,12 @@ struct BatchNorm {
     f(prefix + "weight", weight);
     f(prefix + "bias", bias);
   }
+  /// Non-trainable state saved with checkpoints.
+  template <class F>
+  void visit_buffers(F&& f, const std::string& prefix) const {
+    f(prefix + "running_mean", *running_mean);
+    f(prefix + "running_var", *running_var);
+  }
 };
 template <std::size_t C, class T = float>
 using BatchNorm1d = BatchNorm<C, T>;

@@ -71,13 +71,89 @@ struct Sequential {
       (get<I>().visit(f, prefix + std::to_string(I) + "."), ...);
     }(std::index_sequence_for<L...>{});
   }
+  template <class F>
+  void visit_buffers(F&& f, const std::string& prefix) const {
+    [&]<std::size_t... I>(std::index_sequence<I...>) {
+      ([&](const auto& layer) {
+        if constexpr (requires { layer.visit_buffers(f, prefix); }) layer.visit_buffers(f, prefix + std::to_string(I) + ".");
+      }(get<I>()), ...);
+    }(std::index_sequence_for<L...>{});
+  }
+
+  /// A per-layer table for an input of static shape In (first extent = batch, may be dyn): output
+  /// shape, parameters, FLOPs per sample (multiply-add = 2; other layers: one per output element).
+  template <ShapeType In, class T = float>
+  static std::string summary() {
+    std::string out = "layer                output shape          params        FLOPs/sample\n";
+    std::size_t total_flops = 0;
+    auto row = [&](std::string_view name, const std::string& shape, std::size_t params, std::size_t flops) {
+      std::string line(name);
+      line.resize(21, ' ');
+      line += shape;
+      line.resize(43, ' ');
+      const auto p = std::to_string(params), f = std::to_string(flops);
+      line += std::string(p.size() < 12 ? 12 - p.size() : 0, ' ') + p + std::string(f.size() < 20 ? 20 - f.size() : 0, ' ') + f;
+      out += line + "\n";
+    };
+    walk<0, Input<T, In>>(row, total_flops);
+    row("total", "", num_params, total_flops);
+    return out;
+  }
 
  private:
+  template <std::size_t I, class X, class Row>
+  static void walk(Row& row, std::size_t& total) {
+    if constexpr (I < sizeof...(L)) {
+      using Layer = std::remove_cvref_t<decltype(std::declval<const Sequential&>().template get<I>())>;
+      using Y = decltype(std::declval<const Layer&>()(std::declval<const X&>()));
+      using S = shape_t<Y>;
+      std::size_t per_sample = 1;
+      for (std::size_t i = 1; i < S::rank; ++i) per_sample *= S::extents[i];
+      std::size_t flops = per_sample;
+      if constexpr (requires { Layer::template flops<S>(); }) flops = Layer::template flops<S>();
+      total += flops;
+      row(Layer::name, shape_string<S>(), Layer::num_params, flops);
+      walk<I + 1, Y>(row, total);
+    }
+  }
   template <std::size_t I, class X>
   auto apply(const X& x) const {
     if constexpr (I == sizeof...(L)) return x;
     else return apply<I + 1>(get<I>()(x));
   }
+};
+
+namespace detail {
+template <bool Ok, class In, class Out>
+struct check_residual {
+  static_assert(Ok, "loom::nn::Residual: the body changes the shape, so it cannot be added to its input (see "
+                    "check_residual<ok, Input, Output> below)");
+  static constexpr bool value = Ok;
+};
+}  // namespace detail
+
+/// y = x + body(x) with body = Sequential<L...>; the body must keep the shape.
+template <class... L>
+struct Residual {
+  using Body = Sequential<L...>;
+  static constexpr std::size_t in_features = Body::in_features, out_features = Body::out_features;
+  static constexpr std::size_t num_params = Body::num_params;
+  static constexpr std::string_view name = "Residual";
+  Body body;
+  explicit Residual(Generator& g) : body(g) {}
+  template <Expression X>
+  auto operator()(const X& x) const {
+    auto y = body(x);
+    constexpr bool ok = std::is_same_v<shape_t<X>, shape_t<decltype(y)>>;
+    detail::check_residual<ok, shape_t<X>, shape_t<decltype(y)>>{};
+    if constexpr (ok) return x + y;
+  }
+  void train(bool on = true) { body.train(on); }
+  void set_training(bool on) { body.train(on); }
+  template <class F>
+  void visit(F&& f, const std::string& prefix) const { body.visit(f, prefix + "body."); }
+  template <class F>
+  void visit_buffers(F&& f, const std::string& prefix) const { body.visit_buffers(f, prefix + "body."); }
 };
 
 }  // namespace loom::nn

@@ -186,7 +186,43 @@ struct MaxPool2d {
   }
 };
 
+/// Mean over K x K windows moved by S (no padding).   dx[window] += g / K^2
+template <std::size_t K, std::size_t S>
+struct AvgPool2d {
+  static constexpr Kind kind = Kind::kernel;
+  static constexpr bool differentiable = true;
+  static constexpr std::string_view name = "avg_pool2d";
+  template <class X>
+  using shape = typename MaxPool2d<K, S>::template shape<X>;
+  Dims<4> dims(const Dims<4>& x) const { return MaxPool2d<K, S>{}.dims(x); }
+  template <class T>
+  void forward(const detail::View<T, 4>& out, const detail::View<T, 4>& x) const {
+    MaxPool2d<K, S>::windows(out.dims, x, [&](std::size_t k, auto at) {
+      T s{0};
+      for (std::size_t i = 0; i < K; ++i)
+        for (std::size_t j = 0; j < K; ++j) s += x.data[at(i, j)];
+      out.data[k] = s / T(K * K);
+    });
+  }
+  template <class T>
+  void backward(const detail::View<T, 4>& g, const detail::View<T, 4>&,
+                const std::pair<detail::View<T, 4>, detail::View<T, 4>>& x) const {
+    if (!x.second.data) return;
+    MaxPool2d<K, S>::windows(g.dims, x.second, [&](std::size_t k, auto at) {
+      for (std::size_t i = 0; i < K; ++i)
+        for (std::size_t j = 0; j < K; ++j) x.second.data[at(i, j)] += g.data[k] / T(K * K);
+    });
+  }
+};
+
 }  // namespace ops
+
+/// Mean over K x K windows moved by Stride (default K).
+template <std::size_t K, std::size_t Stride = K, Expression X>
+auto avg_pool2d(const X& x) {
+  static_assert(shape_t<X>::rank == 4, "loom::avg_pool2d: needs an input [N, C, H, W]");
+  return make_node(ops::AvgPool2d<K, Stride>{}, x);
+}
 
 /// Convolution of x [N, Cin, H, W] with w [Cout, Cin, K, K] (no bias; add it as a broadcast).
 template <std::size_t Stride = 1, std::size_t Pad = 0, std::size_t Dilation = 1, Expression X, Expression W>

@@ -124,4 +124,65 @@ class AdamW : public AdamBase<T, true> {
       : AdamBase<T, true>(std::move(params), o) {}
 };
 
+struct RMSpropOptions {
+  double lr = 0.01, alpha = 0.99, eps = 1e-8, weight_decay = 0, momentum = 0;
+};
+
+/// RMSprop as torch.optim.RMSprop (non-centered).
+template <class T = float>
+class RMSprop : public Optimizer<T> {
+ public:
+  using Options = RMSpropOptions;
+  RMSprop(std::vector<nn::ParamRef<T>> params, Options o) : Optimizer<T>(std::move(params)), o_(o), sq_(this->state(1)), buf_(this->state(1)) {}
+  void step() {
+    const T lr = T(o_.lr), a = T(o_.alpha), eps = T(o_.eps), wd = T(o_.weight_decay), mu = T(o_.momentum);
+    for (std::size_t i = 0; i < this->params_.size(); ++i) {
+      auto& p = this->params_[i];
+      T *sq = sq_[i].data(), *b = buf_[i].data();
+      for (std::size_t k = 0; k < p.size; ++k) {
+        const T g = p.grad[k] + wd * p.value[k];
+        sq[k] = a * sq[k] + (1 - a) * g * g;
+        const T d = g / (std::sqrt(sq[k]) + eps);
+        if (mu != 0) {
+          b[k] = mu * b[k] + d;
+          p.value[k] -= lr * b[k];
+        } else {
+          p.value[k] -= lr * d;
+        }
+      }
+    }
+    ++steps_;
+  }
+  Options& options() { return o_; }
+  std::vector<std::pair<std::string, std::vector<T>*>> state_buffers() {
+    std::vector<std::pair<std::string, std::vector<T>*>> r;
+    for (std::size_t i = 0; i < this->params_.size(); ++i) {
+      r.emplace_back(this->params_[i].name + ".square_avg", &sq_[i]);
+      r.emplace_back(this->params_[i].name + ".momentum_buffer", &buf_[i]);
+    }
+    return r;
+  }
+  std::size_t& step_count() { return steps_; }
+
+ private:
+  Options o_;
+  std::vector<std::vector<T>> sq_, buf_;
+  std::size_t steps_ = 0;
+};
+
+/// Scales all gradients so that their global L2 norm is at most max_norm; returns the norm before.
+template <class T>
+double clip_grad_norm(const std::vector<nn::ParamRef<T>>& params, double max_norm) {
+  double sq = 0;
+  for (const auto& p : params)
+    for (std::size_t k = 0; k < p.size; ++k) sq += double(p.grad[k]) * double(p.grad[k]);
+  const double norm = std::sqrt(sq);
+  if (norm > max_norm && norm > 0) {
+    const T scale = T(max_norm / (norm + 1e-6));
+    for (const auto& p : params)
+      for (std::size_t k = 0; k < p.size; ++k) p.grad[k] *= scale;
+  }
+  return norm;
+}
+
 }  // namespace loom::optim
