@@ -128,6 +128,10 @@ TEST_CASE("nn: residual blocks, average pooling and the model summary") {
   CHECK(table.find("[dyn, 16, 7, 7]") != std::string::npos);  // after AvgPool2d
   CHECK(table.find("[dyn, 10]") != std::string::npos);
   CHECK(table.find(std::to_string(2 * 16 * 10)) != std::string::npos);  // Linear FLOPs
+  // The residual block counts its two 3x3 convolutions (16 -> 16 on 14x14) plus the rest of its body.
+  constexpr std::size_t block_conv = 2 * 16 * 9 * 16 * 14 * 14;
+  static_assert(Block16::flops_of<Input<float, Shape<dyn, 16, 14, 14>>>() > 2 * block_conv);
+  CHECK(table.find(std::to_string(Block16::flops_of<Input<float, Shape<dyn, 16, 14, 14>>>())) != std::string::npos);
   auto x = input<float, Shape<dyn, 1, 28, 28>>();
   auto y = input<std::int64_t, Shape<dyn>>();
   auto step = compile(nn::cross_entropy(net(x), y));

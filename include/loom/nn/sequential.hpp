@@ -100,17 +100,40 @@ struct Sequential {
     return out;
   }
 
+  /// FLOPs per sample of the whole stack for an input of static shape In (as summary() counts them).
+  template <ShapeType In, class T = float>
+  static constexpr std::size_t flops_for() { return flops_from<0, Input<T, In>>(); }
+
  private:
+  template <std::size_t I, class X>
+  static constexpr std::size_t flops_from() {
+    if constexpr (I == sizeof...(L)) {
+      return 0;
+    } else {
+      using Layer = std::remove_cvref_t<decltype(std::declval<const Sequential&>().template get<I>())>;
+      using Y = decltype(std::declval<const Layer&>()(std::declval<const X&>()));
+      return layer_flops<Layer, X, shape_t<Y>>() + flops_from<I + 1, Y>();
+    }
+  }
+  template <class Layer, class X, class S>
+  static constexpr std::size_t layer_flops() {
+    if constexpr (requires { Layer::template flops_of<X>(); }) {
+      return Layer::template flops_of<X>();
+    } else if constexpr (requires { Layer::template flops<S>(); }) {
+      return Layer::template flops<S>();
+    } else {
+      std::size_t per_sample = 1;
+      for (std::size_t i = 1; i < S::rank; ++i) per_sample *= S::extents[i];
+      return per_sample;
+    }
+  }
   template <std::size_t I, class X, class Row>
   static void walk(Row& row, std::size_t& total) {
     if constexpr (I < sizeof...(L)) {
       using Layer = std::remove_cvref_t<decltype(std::declval<const Sequential&>().template get<I>())>;
       using Y = decltype(std::declval<const Layer&>()(std::declval<const X&>()));
       using S = shape_t<Y>;
-      std::size_t per_sample = 1;
-      for (std::size_t i = 1; i < S::rank; ++i) per_sample *= S::extents[i];
-      std::size_t flops = per_sample;
-      if constexpr (requires { Layer::template flops<S>(); }) flops = Layer::template flops<S>();
+      constexpr std::size_t flops = layer_flops<Layer, X, S>();
       total += flops;
       row(Layer::name, shape_string<S>(), Layer::num_params, flops);
       walk<I + 1, Y>(row, total);
@@ -154,6 +177,13 @@ struct Residual {
   void visit(F&& f, const std::string& prefix) const { body.visit(f, prefix + "body."); }
   template <class F>
   void visit_buffers(F&& f, const std::string& prefix) const { body.visit_buffers(f, prefix + "body."); }
+  /// The body's FLOPs plus the addition, per sample.
+  template <class X>
+  static constexpr std::size_t flops_of() {
+    std::size_t per_sample = 1;
+    for (std::size_t i = 1; i < shape_t<X>::rank; ++i) per_sample *= shape_t<X>::extents[i];
+    return Body::template flops_for<shape_t<X>, value_t<X>>() + per_sample;
+  }
 };
 
 }  // namespace loom::nn
