@@ -11,23 +11,10 @@ using loom::testing::compare;
 using loom::testing::tagged;
 
 namespace {
-const auto& fx() {
-  static const auto f = loom::testing::read_fixtures("nn.txt");
-  return f;
-}
+using loom::testing::flat;
+const auto& fx() { return loom::testing::fixtures("nn.txt"); }
 template <class S>
-Param<float, S> load(const std::vector<float>& v) {
-  Param<float, S> p;
-  REQUIRE(v.size() == p.value().size());
-  std::copy(v.begin(), v.end(), p.value().data());
-  return p;
-}
-template <class T, class S>
-std::vector<float> flat(const Tensor<T, S>& t) {
-  std::vector<float> v;
-  t.for_each([&](T& x) { v.push_back(static_cast<float>(x)); });
-  return v;
-}
+Param<float, S> load(const std::vector<float>& v) { return loom::testing::load_param<S>(v); }
 
 template <std::size_t Id, std::size_t N, std::size_t Cin, std::size_t H, std::size_t W, std::size_t Cout, std::size_t K,
           std::size_t S, std::size_t P, std::size_t D>

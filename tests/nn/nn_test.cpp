@@ -10,10 +10,7 @@ using loom::testing::compare;
 using loom::testing::tagged;
 
 namespace {
-const auto& nn_fixtures() {
-  static const auto f = loom::testing::read_fixtures("nn.txt");
-  return f;
-}
+const auto& nn_fixtures() { return loom::testing::fixtures("nn.txt"); }
 }  // namespace
 
 TEST_CASE("nn: a model is a type with a compile-time parameter count") {

@@ -10,16 +10,8 @@ using loom::testing::compare;
 using loom::testing::tagged;
 
 namespace {
-const auto& fx() {
-  static const auto f = loom::testing::read_fixtures("nn.txt");
-  return f;
-}
-template <class T, class S>
-std::vector<float> flat(const Tensor<T, S>& t) {
-  std::vector<float> v;
-  t.for_each([&](T& x) { v.push_back(static_cast<float>(x)); });
-  return v;
-}
+using loom::testing::flat;
+const auto& fx() { return loom::testing::fixtures("nn.txt"); }
 template <class S>
 void fill(const Param<float, S>& p, const std::vector<float>& v) {
   REQUIRE(v.size() == p.value().size());

@@ -19,27 +19,16 @@ struct Case {
 const std::map<std::string, Case>& fixtures() {
   static const std::map<std::string, Case> cases = [] {
     std::map<std::string, Case> m;
-    for (const auto& [name, c] : loom::testing::read_fixtures("ops.txt"))
+    for (const auto& [name, c] : loom::testing::fixtures("ops.txt"))
       m[name] = Case{tagged(c, "in"), tagged(c, "grad"), tagged(c, "out").at(0), tagged(c, "w").at(0)};
     return m;
   }();
   return cases;
 }
 
+using loom::testing::flat;
 template <class S>
-Param<float, S> load(const std::vector<float>& v) {
-  Param<float, S> p;
-  REQUIRE(v.size() == p.value().size());
-  std::copy(v.begin(), v.end(), p.value().data());
-  return p;
-}
-
-template <class T, class S>
-std::vector<float> flat(const Tensor<T, S>& t) {
-  std::vector<float> v;
-  t.for_each([&](T& x) { v.push_back(static_cast<float>(x)); });
-  return v;
-}
+Param<float, S> load(const std::vector<float>& v) { return loom::testing::load_param<S>(v); }
 
 /// Runs one case: make(params...) builds the op; checks the value and every input's gradient.
 template <class... S, class Make>

@@ -2,6 +2,7 @@
 // flat float vectors, in file order.
 #pragma once
 #include <doctest/doctest.h>
+#include <loom/loom.hpp>
 
 #include <fstream>
 #include <map>
@@ -51,6 +52,31 @@ inline void compare(const std::vector<float>& got, const std::vector<float>& wan
   for (std::size_t i = 0; i < got.size(); ++i)
     CHECK_MESSAGE(std::abs(got[i] - want[i]) <= atol + rtol * std::abs(want[i]),
                   what << "[" << i << "]: loom " << got[i] << " vs torch " << want[i]);
+}
+
+/// A file's cases, read once.
+inline const std::map<std::string, FixtureCase>& fixtures(const std::string& file) {
+  static std::map<std::string, std::map<std::string, FixtureCase>> cache;
+  auto it = cache.find(file);
+  if (it == cache.end()) it = cache.emplace(file, read_fixtures(file)).first;
+  return it->second;
+}
+
+/// A float parameter of static shape S holding `v` (row-major).
+template <class S>
+Param<float, S> load_param(const std::vector<float>& v) {
+  Param<float, S> p;
+  REQUIRE(v.size() == p.value().size());
+  std::copy(v.begin(), v.end(), p.value().data());
+  return p;
+}
+
+/// Elements of a tensor in row-major order, as floats.
+template <class T, class S>
+std::vector<float> flat(const Tensor<T, S>& t) {
+  std::vector<float> v;
+  t.for_each([&](T& x) { v.push_back(static_cast<float>(x)); });
+  return v;
 }
 
 }  // namespace loom::testing
