@@ -112,3 +112,36 @@ TEST_CASE("optim: clip_grad_norm scales all gradients to the global norm") {
   CHECK(g1[0] == doctest::Approx(0.6f));
   CHECK(g2[0] == doctest::Approx(0.8f));
 }
+
+TEST_CASE("nn: nll_loss of log_softmax equals cross_entropy, values and gradients") {
+  auto x = loom::testing::param<Shape<4, 6>>(81);
+  auto x2 = loom::testing::param<Shape<4, 6>>(81);
+  auto y = input<std::int64_t, Shape<dyn>>();
+  Tensor<std::int64_t, Shape<dyn>> yt({4}, {5, 0, 2, 2});
+  y.bind(yt);
+  auto a = compile(nn::nll_loss(log_softmax<-1>(x), y));
+  auto b = compile(nn::cross_entropy(x2, y));
+  CHECK(a.forward().item() == doctest::Approx(b.forward().item()).epsilon(1e-12));
+  a.backward();
+  b.backward();
+  CHECK(allclose(x.grad(), x2.grad(), 1e-10, 1e-12));
+  loom::testing::gradcheck([&] { return nn::nll_loss(x * 1.0, y) * 1.0; }, x);
+}
+
+TEST_CASE("nn: initializers follow torch.nn.init's bounds and deviations") {
+  Generator g(9);
+  Param<float, Shape<300, 200>> w;
+  nn::init::xavier_uniform(w, g);
+  const double b = std::sqrt(6.0 / 500);
+  float lo = 1, hi = -1;
+  w.value().for_each([&](float v) { lo = std::min(lo, v), hi = std::max(hi, v); });
+  CHECK(hi <= b);
+  CHECK(lo >= -b);
+  CHECK(hi > 0.99 * b);
+  Param<double, Shape<64, 32, 3, 3>> c;
+  nn::init::kaiming_normal(c, g);
+  double sq = 0;
+  c.value().for_each([&](double v) { sq += v * v; });
+  CHECK(std::sqrt(sq / double(c.value().size())) == doctest::Approx(std::sqrt(2.0 / (32 * 9))).epsilon(0.03));
+  CHECK(nn::init::fans(c).second == 64.0 * 9);
+}

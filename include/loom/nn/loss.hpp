@@ -79,6 +79,36 @@ struct CrossEntropy {
     }
   }
 };
+/// loss = -mean_b logp[b, y_b];  dlogp[b, c] = -g / B where c == y_b
+struct Nll {
+  static constexpr Kind kind = Kind::kernel;
+  static constexpr bool differentiable = true;
+  static constexpr std::string_view name = "nll_loss";
+  template <class X, class Y>
+  using value_type = value_t<X>;
+  template <class X, class Y>
+  using shape = Shape<>;
+  Dims<0> dims(const Dims<2>& x, const Dims<1>& y) const { return CrossEntropy{}.dims(x, y); }
+  template <class T, class L>
+  void forward(const loom::detail::View<T, 0>& out, const loom::detail::View<T, 2>& x, const loom::detail::View<L, 1>& y) const {
+    const std::size_t B = x.dims[0], C = x.dims[1];
+    double total = 0;
+    for (std::size_t b = 0; b < B; ++b)
+      total -= x.data[b * x.strides[0] + CrossEntropy::label(y.data[b * y.strides[0]], C) * x.strides[1]];
+    *out.data = static_cast<T>(B ? total / double(B) : 0.0);
+  }
+  template <class T, class L>
+  void backward(const loom::detail::View<T, 0>& g, const loom::detail::View<T, 0>&,
+                const std::pair<loom::detail::View<T, 2>, loom::detail::View<T, 2>>& x,
+                const std::pair<loom::detail::View<L, 1>, loom::detail::View<L, 1>>& y) const {
+    if (!x.second.data) return;
+    const std::size_t B = x.first.dims[0], C = x.first.dims[1];
+    for (std::size_t b = 0; b < B; ++b)
+      x.second.data[b * x.second.strides[0] + CrossEntropy::label(y.first.data[b * y.first.strides[0]], C) * x.second.strides[1]] -=
+          *g.data / T(B ? B : 1);
+  }
+};
+
 }  // namespace ops
 
 namespace detail {
@@ -97,6 +127,15 @@ auto cross_entropy(const X& logits, const Y& labels, double label_smoothing = 0.
                       FloatDtype<value_t<X>>;
   detail::check_cross_entropy<ok, shape_t<X>, shape_t<Y>>{};
   if constexpr (ok) return make_node(ops::CrossEntropy{label_smoothing}, logits, labels);
+}
+
+/// Mean negative log-likelihood of log-probabilities [B, C] at integer labels [B].
+template <Expression X, Expression Y>
+auto nll_loss(const X& log_probs, const Y& labels) {
+  constexpr bool ok = shape_t<X>::rank == 2 && shape_t<Y>::rank == 1 && std::is_integral_v<value_t<Y>> &&
+                      FloatDtype<value_t<X>>;
+  detail::check_cross_entropy<ok, shape_t<X>, shape_t<Y>>{};
+  if constexpr (ok) return make_node(ops::Nll{}, log_probs, labels);
 }
 
 /// Mean squared error.

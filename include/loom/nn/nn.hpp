@@ -1,6 +1,7 @@
 // loom/nn/nn.hpp — modules, losses.
 #pragma once
 #include "conv.hpp"
+#include "init.hpp"
 #include "layers.hpp"
 #include "loss.hpp"
 #include "module.hpp"
