@@ -16,6 +16,18 @@ const auto& fx() { return loom::testing::fixtures("nn.txt"); }
 template <class S>
 Param<float, S> load(const std::vector<float>& v) { return loom::testing::load_param<S>(v); }
 
+/// Runs the backward of sum(y * r) for the fixture's weights r (the loss the fixtures differentiate).
+template <class Y>
+void backward_weighted(const Y& y, const std::vector<float>& rv) {
+  using SY = shape_t<Y>;
+  Tensor<float, SY> r;
+  REQUIRE(rv.size() == r.size());
+  std::copy(rv.begin(), rv.end(), r.data());
+  auto step = compile(sum(y * Constant<float, SY>(r)));
+  step.forward();
+  step.backward();
+}
+
 template <std::size_t Id, std::size_t N, std::size_t Cin, std::size_t H, std::size_t W, std::size_t Cout, std::size_t K,
           std::size_t S, std::size_t P, std::size_t D>
 void conv_case() {
@@ -28,12 +40,7 @@ void conv_case() {
   static_assert(SY::is_static);
   auto fwd = compile(y);
   compare(flat(fwd.forward()), tagged(c, "y").at(0), "conv2d value", 1e-4f, 1e-4f);
-  Tensor<float, SY> r;
-  const auto rv = tagged(c, "r").at(0);
-  std::copy(rv.begin(), rv.end(), r.data());
-  auto step = compile(sum(y * Constant<float, SY>(r)));
-  step.forward();
-  step.backward();
+  backward_weighted(y, tagged(c, "r").at(0));
   compare(flat(x.grad()), tagged(c, "dx").at(0), "conv2d dx", 1e-4f, 1e-4f);
   compare(flat(w.grad()), tagged(c, "dw").at(0), "conv2d dw", 1e-4f, 1e-4f);
 }
@@ -70,14 +77,8 @@ TEST_CASE("conv2d and max_pool2d match PyTorch") {
     const auto& c = fx().at("max_pool2d_" + std::to_string(Id));
     auto x = load<Shape<N, C, H, W>>(tagged(c, "x").at(0));
     auto y = max_pool2d<K, S>(x);
-    using SY = shape_t<decltype(y)>;
     compare(flat(compile(y).forward()), tagged(c, "y").at(0), "pool value");
-    Tensor<float, SY> r;
-    const auto rv = tagged(c, "r").at(0);
-    std::copy(rv.begin(), rv.end(), r.data());
-    auto step = compile(sum(y * Constant<float, SY>(r)));
-    step.forward();
-    step.backward();
+    backward_weighted(y, tagged(c, "r").at(0));
     compare(flat(x.grad()), tagged(c, "dx").at(0), "pool dx");
   };
   pool.template operator()<0, 2, 3, 8, 8, 2, 2>();

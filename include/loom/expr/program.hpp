@@ -72,6 +72,7 @@ class Program {
 
   explicit Program(const Root& root) : root_(std::make_unique<Root>(root)) {
     for (std::size_t i = 0; i < N; ++i) slots_[i].canon = i;
+    stats_.nodes = N;
     index<0, Root, false>(*root_);
     dedupe<0, Root, false>(*root_);
     std::vector<std::pair<std::size_t, std::size_t>> ids;  // (input id, slot) of distinct inputs
@@ -236,7 +237,6 @@ class Program {
     if constexpr (Inl) {
       ++stats_.fused_nodes;
     }
-    stats_.nodes = N;
   }
   template <std::size_t Base, class E, bool Inl>
   void dedupe(const E& e) {

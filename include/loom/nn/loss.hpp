@@ -13,11 +13,10 @@
 namespace loom::nn {
 
 namespace ops {
-struct CrossEntropy {
+/// What the label losses share: [B, C] scores (float) against integer labels [B], a scalar result.
+struct LabelLoss {
   static constexpr Kind kind = Kind::kernel;
   static constexpr bool differentiable = true;
-  static constexpr std::string_view name = "cross_entropy";
-  double smoothing = 0;
   template <class X, class Y>
   using value_type = value_t<X>;
   template <class X, class Y>
@@ -25,10 +24,21 @@ struct CrossEntropy {
 
   Dims<0> dims(const Dims<2>& x, const Dims<1>& y) const {
     if (x[0] != y[0])
-      throw shape_error("loom::nn::cross_entropy: logits " + to_string(x) + " and labels " + to_string(y) +
+      throw shape_error("loom::nn: scores " + to_string(x) + " and labels " + to_string(y) +
                         " disagree on the batch size");
     return {};
   }
+  template <class L>
+  static std::size_t label(L y, std::size_t C) {
+    if (y < 0 || static_cast<std::size_t>(y) >= C)
+      throw std::out_of_range("loom::nn: label " + std::to_string(y) + " outside [0, " + std::to_string(C) + ")");
+    return static_cast<std::size_t>(y);
+  }
+};
+
+struct CrossEntropy : LabelLoss {
+  static constexpr std::string_view name = "cross_entropy";
+  double smoothing = 0;
   template <class T, class L>
   static T row_lse(const T* x, std::size_t C, std::ptrdiff_t s) {
     T m = -std::numeric_limits<T>::infinity();
@@ -36,13 +46,6 @@ struct CrossEntropy {
     T sum = 0;
     for (std::size_t c = 0; c < C; ++c) sum += std::exp(x[c * s] - m);
     return m + std::log(sum);
-  }
-  template <class L>
-  static std::size_t label(L y, std::size_t C) {
-    if (y < 0 || static_cast<std::size_t>(y) >= C)
-      throw std::out_of_range("loom::nn::cross_entropy: label " + std::to_string(y) + " outside [0, " +
-                              std::to_string(C) + ")");
-    return static_cast<std::size_t>(y);
   }
   template <class T, class L>
   void forward(const loom::detail::View<T, 0>& out, const loom::detail::View<T, 2>& x, const loom::detail::View<L, 1>& y) const {
@@ -80,21 +83,14 @@ struct CrossEntropy {
   }
 };
 /// loss = -mean_b logp[b, y_b];  dlogp[b, c] = -g / B where c == y_b
-struct Nll {
-  static constexpr Kind kind = Kind::kernel;
-  static constexpr bool differentiable = true;
+struct Nll : LabelLoss {
   static constexpr std::string_view name = "nll_loss";
-  template <class X, class Y>
-  using value_type = value_t<X>;
-  template <class X, class Y>
-  using shape = Shape<>;
-  Dims<0> dims(const Dims<2>& x, const Dims<1>& y) const { return CrossEntropy{}.dims(x, y); }
   template <class T, class L>
   void forward(const loom::detail::View<T, 0>& out, const loom::detail::View<T, 2>& x, const loom::detail::View<L, 1>& y) const {
     const std::size_t B = x.dims[0], C = x.dims[1];
     double total = 0;
     for (std::size_t b = 0; b < B; ++b)
-      total -= x.data[b * x.strides[0] + CrossEntropy::label(y.data[b * y.strides[0]], C) * x.strides[1]];
+      total -= x.data[b * x.strides[0] + label(y.data[b * y.strides[0]], C) * x.strides[1]];
     *out.data = static_cast<T>(B ? total / double(B) : 0.0);
   }
   template <class T, class L>
@@ -104,7 +100,7 @@ struct Nll {
     if (!x.second.data) return;
     const std::size_t B = x.first.dims[0], C = x.first.dims[1];
     for (std::size_t b = 0; b < B; ++b)
-      x.second.data[b * x.second.strides[0] + CrossEntropy::label(y.first.data[b * y.first.strides[0]], C) * x.second.strides[1]] -=
+      x.second.data[b * x.second.strides[0] + label(y.first.data[b * y.first.strides[0]], C) * x.second.strides[1]] -=
           *g.data / T(B ? B : 1);
   }
 };
@@ -112,29 +108,30 @@ struct Nll {
 }  // namespace ops
 
 namespace detail {
-template <bool Ok, class Logits, class Labels>
-struct check_cross_entropy {
-  static_assert(Ok, "loom::nn::cross_entropy: needs logits [B, C] (float) and integer labels [B] (see "
-                    "check_cross_entropy below)");
+template <bool Ok, class Scores, class Labels>
+struct check_label_loss {
+  static_assert(Ok, "loom::nn::cross_entropy/nll_loss: needs scores [B, C] (float) and integer labels [B] (see "
+                    "check_label_loss below)");
   static constexpr bool value = Ok;
 };
+template <class X, class Y>
+constexpr bool label_loss_args = shape_t<X>::rank == 2 && shape_t<Y>::rank == 1 && std::is_integral_v<value_t<Y>> &&
+                                 FloatDtype<value_t<X>>;
 }  // namespace detail
 
 /// Mean softmax cross-entropy of logits [B, C] against integer class labels [B].
 template <Expression X, Expression Y>
 auto cross_entropy(const X& logits, const Y& labels, double label_smoothing = 0.0) {
-  constexpr bool ok = shape_t<X>::rank == 2 && shape_t<Y>::rank == 1 && std::is_integral_v<value_t<Y>> &&
-                      FloatDtype<value_t<X>>;
-  detail::check_cross_entropy<ok, shape_t<X>, shape_t<Y>>{};
-  if constexpr (ok) return make_node(ops::CrossEntropy{label_smoothing}, logits, labels);
+  constexpr bool ok = detail::label_loss_args<X, Y>;
+  detail::check_label_loss<ok, shape_t<X>, shape_t<Y>>{};
+  if constexpr (ok) return make_node(ops::CrossEntropy{{}, label_smoothing}, logits, labels);
 }
 
 /// Mean negative log-likelihood of log-probabilities [B, C] at integer labels [B].
 template <Expression X, Expression Y>
 auto nll_loss(const X& log_probs, const Y& labels) {
-  constexpr bool ok = shape_t<X>::rank == 2 && shape_t<Y>::rank == 1 && std::is_integral_v<value_t<Y>> &&
-                      FloatDtype<value_t<X>>;
-  detail::check_cross_entropy<ok, shape_t<X>, shape_t<Y>>{};
+  constexpr bool ok = detail::label_loss_args<X, Y>;
+  detail::check_label_loss<ok, shape_t<X>, shape_t<Y>>{};
   if constexpr (ok) return make_node(ops::Nll{}, log_probs, labels);
 }
 
