@@ -8,6 +8,7 @@
 #include "ops/reduce.hpp"
 #include "ops/matmul.hpp"
 #include "ops/shape.hpp"
+#include "ops/index.hpp"
 #include "expr/program.hpp"
 #include "expr/grad.hpp"
 #include "nn/nn.hpp"

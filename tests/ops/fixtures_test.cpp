@@ -109,4 +109,8 @@ TEST_CASE("torch fixtures: matmul and shape ops") {
   });
   run<A>("dilate", [](auto a) { return dilate<0, 2>(a); });
   run<A>("undilate", [](auto a) { return undilate<1, 1>(a) * 1.0f; });
+  Tensor<std::int64_t, Shape<2, 3>> idx;
+  const std::int64_t rows[] = {1, 4, 1, 0, 4, 2};  // as EMB_IDX in gen_ops.py
+  std::copy(std::begin(rows), std::end(rows), idx.data());
+  run<Shape<5, 3>>("embedding", [&](auto w) { return embedding(w, Constant<std::int64_t, Shape<2, 3>>(idx)); });
 }

@@ -76,3 +76,32 @@ TEST_CASE("gradcheck: views and shape ops") {
   SUBCASE("dilate") { gradcheck([&] { return dilate<0, 2>(m) * 3.0; }, m); }
   SUBCASE("undilate") { gradcheck([&] { return undilate<1, 1>(m) * 1.0; }, m); }
 }
+
+TEST_CASE("gradcheck: embedding (gather rows, scatter-add gradient)") {
+  auto table = param<Shape<6, 4>>(24);
+  Tensor<std::int64_t, Shape<2, 3>> idx;
+  const std::int64_t rows[] = {5, 0, 5, 2, 2, 5};  // repeats: the scatter-add must accumulate
+  std::copy(std::begin(rows), std::end(rows), idx.data());
+  Constant<std::int64_t, Shape<2, 3>> ids(idx);
+  SUBCASE("value") {
+    auto out = compile(embedding(table, ids)).forward();
+    CHECK(out.dims() == Dims<3>{2, 3, 4});
+    for (std::size_t k = 0; k < 6; ++k)
+      for (std::size_t d = 0; d < 4; ++d) CHECK(out.data()[k * 4 + d] == table.value().data()[rows[k] * 4 + d]);
+  }
+  SUBCASE("gradient") { gradcheck([&] { return tanh(embedding(table, ids)); }, table); }
+  SUBCASE("strided table and indices") {
+    gradcheck([&] { return embedding(transpose(transpose(table)), transpose(ids)) * 2.0; }, table);
+  }
+  SUBCASE("run-time index shape and a bad index") {
+    Input<std::int64_t, Shape<dyn>> in;
+    auto p = compile(sum(embedding(table, in)));
+    Tensor<std::int64_t, Shape<dyn>> ok({3}), bad({2});
+    ok.data()[0] = 1, ok.data()[1] = 1, ok.data()[2] = 3;
+    bad.data()[0] = 0, bad.data()[1] = 6;
+    double want = 0;
+    for (std::size_t d = 0; d < 4; ++d) want += 2 * table.value().data()[4 + d] + table.value().data()[12 + d];
+    CHECK(p.forward(ok).item() == doctest::Approx(want));
+    CHECK_THROWS_WITH_AS(p.forward(bad), doctest::Contains("index 6 outside [0, 6)"), std::out_of_range);
+  }
+}

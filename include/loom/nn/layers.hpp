@@ -4,8 +4,10 @@
 #include <cmath>
 
 #include "../ops/elementwise.hpp"
+#include "../ops/index.hpp"
 #include "../ops/matmul.hpp"
 #include "../ops/shape.hpp"
+#include "init.hpp"
 #include "module.hpp"
 
 namespace loom::nn {
@@ -58,6 +60,24 @@ struct Linear {
   /// Multiply-adds count twice, per sample.
   template <class OutShape>
   static constexpr std::size_t flops() { return 2 * In * Out; }
+};
+
+/// Rows of a [V, D] table picked by integer indices [...] -> [..., D] (PyTorch's nn.Embedding: weight
+/// [num_embeddings, embedding_dim] drawn from N(0, 1)); its gradient is a scatter-add into the table.
+template <std::size_t V, std::size_t D, class T = float>
+struct Embedding {
+  static constexpr std::size_t in_features = any_features, out_features = D;
+  static constexpr std::size_t num_params = V * D;
+  static constexpr std::string_view name = "Embedding";
+  Param<T, Shape<V, D>> weight;
+
+  explicit Embedding(Generator& g) { init::normal(weight, g, 0, 1); }
+  template <Expression I>
+  auto operator()(const I& indices) const { return embedding(weight, indices); }
+  template <class F>
+  void visit(F&& f, const std::string& prefix) const { f(prefix + "weight", weight); }
+  template <class OutShape>
+  static constexpr std::size_t flops() { return 0; }
 };
 
 /// Layers without parameters that keep the feature count.

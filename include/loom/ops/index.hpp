@@ -1,0 +1,108 @@
+// loom/ops/index.hpp — embedding-style gather of table rows by integer indices, whose gradient is a
+// scatter-add into the table (no one-hot matmul):
+//   out[i..., :] = W[idx[i...], :]          dW[idx[i...], :] += g[i..., :]
+#pragma once
+#include <stdexcept>
+
+#include "op.hpp"
+
+namespace loom {
+
+namespace detail {
+template <class SI, std::size_t D>
+struct gather_rows_extents {
+  static constexpr auto value = [] {
+    std::array<std::size_t, SI::rank + 1> e{};
+    for (std::size_t i = 0; i < SI::rank; ++i) e[i] = SI::extents[i];
+    e[SI::rank] = D;
+    return e;
+  }();
+};
+template <bool Ok, class Table, class Index>
+struct check_embedding {
+  static_assert(Ok, "loom::embedding: needs a float table [V, D] and an integer index tensor (see check_embedding "
+                    "below)");
+  static constexpr bool value = Ok;
+};
+/// Calls f(k, offset) for each element of a strided view, k counting in row-major order.
+template <class T, std::size_t R, class F>
+void for_each_offset(const View<T, R>& v, F&& f) {
+  const std::size_t n = v.size();
+  for (std::size_t k = 0; k < n; ++k) {
+    std::size_t rest = k;
+    std::ptrdiff_t off = 0;
+    for (std::size_t a = R; a-- > 0;) {
+      off += static_cast<std::ptrdiff_t>(rest % v.dims[a]) * v.strides[a];
+      rest /= v.dims[a];
+    }
+    f(k, off);
+  }
+}
+}  // namespace detail
+
+namespace ops {
+
+struct Embedding {
+  static constexpr Kind kind = Kind::kernel;
+  static constexpr bool differentiable = true;
+  static constexpr std::string_view name = "embedding";
+  template <class W, class I>
+  using value_type = value_t<W>;
+  template <class W, class I>
+  using shape = detail::shape_from_array<detail::gather_rows_extents<I, W::extents[1]>>;
+
+  template <std::size_t R>
+  Dims<R + 1> dims(const Dims<2>& w, const Dims<R>& idx) const {
+    Dims<R + 1> d{};
+    for (std::size_t i = 0; i < R; ++i) d[i] = idx[i];
+    d[R] = w[1];
+    return d;
+  }
+  template <class L>
+  static std::size_t row(L i, std::size_t V) {
+    if (i < 0 || static_cast<std::size_t>(i) >= V)
+      throw std::out_of_range("loom::embedding: index " + std::to_string(i) + " outside [0, " + std::to_string(V) + ")");
+    return static_cast<std::size_t>(i);
+  }
+  template <class T, class L, std::size_t R, std::size_t RO>
+  void forward(const detail::View<T, RO>& out, const detail::View<T, 2>& w, const detail::View<L, R>& idx) const {
+    const std::size_t V = w.dims[0], D = w.dims[1];
+    detail::for_each_offset(idx, [&](std::size_t k, std::ptrdiff_t off) {
+      const T* src = w.data + static_cast<std::ptrdiff_t>(row(idx.data[off], V)) * w.strides[0];
+      T* dst = out.data + k * D;  // the output is the kernel's own contiguous buffer
+      for (std::size_t d = 0; d < D; ++d) dst[d] = src[static_cast<std::ptrdiff_t>(d) * w.strides[1]];
+    });
+  }
+  template <class T, class L, std::size_t R, std::size_t RO>
+  void backward(const detail::View<T, RO>& g, const detail::View<T, RO>&,
+                const std::pair<detail::View<T, 2>, detail::View<T, 2>>& w,
+                const std::pair<detail::View<L, R>, detail::View<L, R>>& idx) const {
+    if (!w.second.data) return;
+    const std::size_t V = w.first.dims[0], D = w.first.dims[1];
+    const std::ptrdiff_t gs = g.strides[RO - 1];
+    detail::for_each_offset(idx.first, [&](std::size_t k, std::ptrdiff_t off) {
+      T* dst = w.second.data + static_cast<std::ptrdiff_t>(row(idx.first.data[off], V)) * w.second.strides[0];
+      std::ptrdiff_t goff = 0;
+      std::size_t rest = k;
+      for (std::size_t a = RO - 1; a-- > 0;) {
+        goff += static_cast<std::ptrdiff_t>(rest % g.dims[a]) * g.strides[a];
+        rest /= g.dims[a];
+      }
+      for (std::size_t d = 0; d < D; ++d) dst[static_cast<std::ptrdiff_t>(d) * w.second.strides[1]] += g.data[goff + static_cast<std::ptrdiff_t>(d) * gs];
+    });
+  }
+};
+
+}  // namespace ops
+
+/// Rows of `table` [V, D] picked by integer `indices` [...]: a tensor [..., D]. Its gradient with respect
+/// to the table is a scatter-add of the incoming gradient rows (repeated indices accumulate).
+template <Expression W, Expression I>
+auto embedding(const W& table, const I& indices) {
+  constexpr bool ok = shape_t<W>::rank == 2 && FloatDtype<value_t<W>> && std::is_integral_v<value_t<I>> &&
+                      shape_t<I>::rank + 1 <= max_rank;
+  detail::check_embedding<ok, shape_t<W>, shape_t<I>>{};
+  if constexpr (ok) return make_node(ops::Embedding{}, table, indices);
+}
+
+}  // namespace loom
