@@ -2,7 +2,7 @@
 // dataset-fashion-mnist) with a progress bar, and reports train loss, test loss and test accuracy per
 // epoch. The network is a type; its loss is compiled once.
 #include <CLI/CLI.hpp>
-#include <loom/data/loader.hpp>
+#include <loom/data/data.hpp>
 #include <loom/loom.hpp>
 
 #include <chrono>
@@ -37,7 +37,7 @@ static_assert(ResNet::num_params == 112394);
 struct Options {
   std::string model = "mlp", optimizer = "adam", schedule = "cosine", data_dir = data::FashionMNIST::default_dir;
   std::string checkpoint = "fashion_mnist.safetensors";
-  bool resume = false, eval_only = false;
+  bool resume = false, eval_only = false, augment = false;
   int epochs = 3, threads = 0;
   std::size_t batch = 64;
   double lr = 1e-3;
@@ -48,7 +48,6 @@ template <class Net>
 int train(const Options& o) {
   const auto t_load = Clock::now();
   auto train_set = data::FashionMNIST::train(o.data_dir), test_set = data::FashionMNIST::test(o.data_dir);
-  data::normalize(train_set, 0.2860f, 0.3530f);
   data::normalize(test_set, 0.2860f, 0.3530f);
   std::printf("loaded %zu train / %zu test images in %.1f s\n", train_set.size(), test_set.size(),
               std::chrono::duration<double>(Clock::now() - t_load).count());
@@ -67,7 +66,12 @@ int train(const Options& o) {
   Opt opt = o.optimizer == "sgd"    ? Opt(optim::SGD<float>(params, {.lr = o.lr, .momentum = 0.9}))
             : o.optimizer == "adamw" ? Opt(optim::AdamW<float>(params, {.lr = o.lr, .weight_decay = 0.01}))
                                      : Opt(optim::Adam<float>(params, {.lr = o.lr}));
-  data::DataLoader loader(train_set, {.batch = o.batch, .shuffle = true, .seed = o.seed});
+  // Training samples are augmented (optionally) and normalized as each batch is assembled, on the loader's
+  // background thread; the test set was normalized once above.
+  std::vector<data::Transform> transforms;
+  if (o.augment) transforms = {data::RandomCrop{2}, data::RandomHorizontalFlip{}};
+  transforms.push_back(data::Normalize{{0.2860f}, {0.3530f}});
+  data::DataLoader loader(train_set, {.batch = o.batch, .shuffle = true, .seed = o.seed, .transforms = transforms});
   data::DataLoader test_loader(test_set, {.batch = 1000, .shuffle = false});
   auto evaluate = [&] {
     net.eval();  // batch norm uses its running statistics, dropout is off
@@ -147,6 +151,7 @@ int main(int argc, char** argv) {
   app.add_option("--seed", o.seed, "seed for initialization and shuffling");
   app.add_option("--data-dir", o.data_dir, "folder with the four IDX files");
   app.add_option("--checkpoint", o.checkpoint, "safetensors file written after every epoch");
+  app.add_flag("--augment", o.augment, "random crop (padding 2) and horizontal flip of training images");
   app.add_flag("--resume", o.resume, "continue from --checkpoint (model, optimizer state, epoch)");
   app.add_flag("--eval-only", o.eval_only, "load --checkpoint and report the test loss and accuracy");
   CLI11_PARSE(app, argc, argv);

@@ -1,12 +1,14 @@
 // Data: IDX files (plain and gzip) with every kind of bad input, the loader's batching and seeded
 // shuffling, and an end-to-end training run on a slice of Fashion-MNIST.
 #include <doctest/doctest.h>
-#include <loom/data/loader.hpp>
+#include <loom/data/data.hpp>
 #include <loom/loom.hpp>
 
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <numeric>
+#include <set>
 
 using namespace loom;
 namespace fs = std::filesystem;
@@ -65,7 +67,7 @@ TEST_CASE("data: IDX files, plain and gzip") {
 }
 
 TEST_CASE("data: loader batches, drops the last partial batch on request, shuffles reproducibly") {
-  data::ImageDataset ds{Tensor<float, Shape<dyn, 1, dyn, dyn>>({10, 1, 1, 1}), Tensor<std::int64_t, Shape<dyn>>({10})};
+  data::ImageDataset ds{data::Images({10, 1, 1, 1}), data::Labels({10})};
   for (int i = 0; i < 10; ++i) ds.images(i, 0, 0, 0) = float(i), ds.labels(i) = i;
   data::DataLoader plain(ds, {.batch = 4, .shuffle = false});
   CHECK(plain.size() == 3);
@@ -98,10 +100,141 @@ TEST_CASE("data: loader batches, drops the last partial batch on request, shuffl
   CHECK(sorted == seen);
 }
 
+namespace {
+/// A CIFAR-10 batch file of n records: label r % 10, pixel k of record r = (r * 7 + k) % 256.
+std::string write_cifar(const std::string& name, std::size_t n, std::size_t truncate = 0, int bad_label_at = -1) {
+  std::vector<std::uint8_t> bytes;
+  for (std::size_t r = 0; r < n; ++r) {
+    bytes.push_back(static_cast<std::uint8_t>(int(r) == bad_label_at ? 10 : r % 10));
+    for (std::size_t k = 0; k < 3072; ++k) bytes.push_back(static_cast<std::uint8_t>((r * 7 + k) % 256));
+  }
+  bytes.resize(bytes.size() - truncate);
+  const auto path = tmp_path(name);
+  std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  return path;
+}
+}  // namespace
+
+TEST_CASE("data: CIFAR-10 binary batches") {
+  const auto a = write_cifar("cifar_a.bin", 3), b = write_cifar("cifar_b.bin", 2);
+  const auto ds = data::CIFAR10::read({a, b});
+  REQUIRE(ds.images.dims() == Dims<4>{5, 3, 32, 32});
+  CHECK(ds.labels(2) == 2);
+  CHECK(ds.labels(4) == 1);  // second file's record 1
+  // sample 1, channel 2 (blue), row 3, column 4: pixel byte k = 2 * 1024 + 3 * 32 + 4
+  CHECK(ds.images(1, 2, 3, 4) == doctest::Approx(float((7 + 2 * 1024 + 3 * 32 + 4) % 256) / 255.0f));
+  CHECK(ds.images(3, 0, 0, 0) == doctest::Approx(0.0f));
+  CHECK_THROWS_WITH_AS(data::CIFAR10::read({write_cifar("cifar_t.bin", 2, 5)}),
+                       doctest::Contains("is truncated or corrupt: 6141 bytes is not a whole number of 3073-byte"),
+                       data::data_error);
+  CHECK_THROWS_WITH_AS(data::CIFAR10::read({write_cifar("cifar_l.bin", 3, 0, 1)}),
+                       doctest::Contains("record 1 has label 10 outside [0, 10)"), data::data_error);
+  CHECK_THROWS_WITH_AS(data::CIFAR10::train("/nonexistent/cifar"),
+                       doctest::Contains("/nonexistent/cifar/data_batch_1.bin does not exist"), data::data_error);
+  for (const auto* f : {"cifar_a.bin", "cifar_b.bin", "cifar_t.bin", "cifar_l.bin"}) fs::remove(tmp_path(f));
+}
+
+TEST_CASE("data: transforms") {
+  std::vector<float> img(2 * 3 * 4), scratch(img.size());
+  auto reset = [&] { std::iota(img.begin(), img.end(), 1.0f); };
+  Generator g(3);
+  auto sample = [&] { return data::Sample{img.data(), scratch.data(), 2, 3, 4, g}; };
+  SUBCASE("horizontal flip mirrors every row, or leaves the sample alone") {
+    reset();
+    auto s = sample();
+    data::RandomHorizontalFlip{1.0}(s);
+    CHECK(img[0] == 4.0f);
+    CHECK(img[3] == 1.0f);
+    CHECK(img[12 + 4] == 20.0f);  // channel 1, row 1 = {17..20} reversed
+    reset();
+    data::RandomHorizontalFlip{0.0}(s);
+    CHECK(img[0] == 1.0f);
+  }
+  SUBCASE("random crop: a zero-padded shift within the padding, every offset reachable") {
+    std::set<std::pair<long, long>> offsets;
+    for (int trial = 0; trial < 400; ++trial) {
+      reset();
+      auto s = sample();
+      data::RandomCrop{1}(s);
+      // find the shift (dy, dx) that explains the output
+      int matches = 0;
+      for (long dy = -1; dy <= 1; ++dy)
+        for (long dx = -1; dx <= 1; ++dx) {
+          bool ok = true;
+          for (long c = 0; c < 2; ++c)
+            for (long i = 0; i < 3; ++i)
+              for (long j = 0; j < 4; ++j) {
+                const long si = i + dy, sj = j + dx;
+                const float want = (si < 0 || si >= 3 || sj < 0 || sj >= 4) ? 0.0f : float((c * 3 + si) * 4 + sj + 1);
+                ok = ok && img[std::size_t((c * 3 + i) * 4 + j)] == want;
+              }
+          if (ok) ++matches, offsets.insert({dy, dx});
+        }
+      CHECK(matches == 1);
+    }
+    CHECK(offsets.size() == 9);
+  }
+  SUBCASE("normalize per channel") {
+    reset();
+    auto s = sample();
+    data::Normalize{{1.0f, 13.0f}, {2.0f, 4.0f}}(s);
+    CHECK(img[0] == 0.0f);
+    CHECK(img[11] == doctest::Approx(5.5f));  // (12 - 1) / 2
+    CHECK(img[12] == 0.0f);
+    CHECK(img[23] == doctest::Approx(11.0f / 4.0f));
+    CHECK_THROWS_WITH_AS(data::Normalize({{0.f, 0.f, 0.f}, {1.f, 1.f, 1.f}})(s), doctest::Contains("for 2 channels"),
+                         std::invalid_argument);
+  }
+}
+
+TEST_CASE("data: the background thread prepares the same batches as the calling thread") {
+  data::ImageDataset ds{data::Images({37, 2, 5, 5}), data::Labels({37})};
+  Generator g(9);
+  ds.images.for_each([&](float& v) { v = float(g.uniform()); });
+  for (std::size_t i = 0; i < 37; ++i) ds.labels(i) = std::int64_t(i);
+  auto options = [](bool prefetch) {
+    return data::LoaderOptions{.batch = 8, .shuffle = true, .seed = 11, .prefetch = prefetch,
+                               .transforms = {data::RandomCrop{2}, data::RandomHorizontalFlip{}, data::Normalize{{0.5f}, {0.25f}}}};
+  };
+  data::DataLoader threaded(ds, options(true)), inline_(ds, options(false));
+  for (int epoch = 0; epoch < 3; ++epoch) {
+    std::vector<float> a, b;
+    std::vector<std::int64_t> la, lb;
+    for (auto it = threaded.begin(); it != threaded.end(); ++it) {
+      const auto& batch = *it;
+      a.insert(a.end(), batch.x.data(), batch.x.data() + batch.x.size());
+      la.insert(la.end(), batch.y.data(), batch.y.data() + batch.y.size());
+    }
+    for (auto it = inline_.begin(); it != inline_.end(); ++it) {
+      const auto& batch = *it;
+      b.insert(b.end(), batch.x.data(), batch.x.data() + batch.x.size());
+      lb.insert(lb.end(), batch.y.data(), batch.y.data() + batch.y.size());
+    }
+    CHECK(a == b);
+    CHECK(la == lb);
+    auto sorted = la;
+    std::sort(sorted.begin(), sorted.end());
+    CHECK(sorted.size() == 37);
+    CHECK(std::adjacent_find(sorted.begin(), sorted.end()) == sorted.end());
+  }
+  SUBCASE("an epoch abandoned half way, then a new one") {
+    auto it = threaded.begin();
+    ++it;
+    (void)*it;
+    std::size_t n = 0;
+    for (auto jt = threaded.begin(); jt != threaded.end(); ++jt) n += (*jt).y.size();
+    CHECK(n == 37);
+  }
+  SUBCASE("a transform's error reaches the caller") {
+    data::DataLoader bad(ds, {.batch = 8, .transforms = {data::Normalize{{0.f, 0.f, 0.f}, {1.f, 1.f, 1.f}}}});
+    CHECK_THROWS_WITH_AS((void)*bad.begin(), doctest::Contains("for 2 channels"), std::invalid_argument);
+  }
+}
+
 TEST_CASE("data: an MLP learns on a slice of Fashion-MNIST (end to end)") {
   auto full = data::FashionMNIST::test();  // 10k images: 4k to train, 1k to evaluate
   auto slice = [&](std::size_t from, std::size_t n) {
-    data::ImageDataset d{Tensor<float, Shape<dyn, 1, dyn, dyn>>({n, 1, 28, 28}), Tensor<std::int64_t, Shape<dyn>>({n})};
+    data::ImageDataset d{data::Images({n, 1, 28, 28}), data::Labels({n})};
     std::copy_n(full.images.data() + from * 784, n * 784, d.images.data());
     std::copy_n(full.labels.data() + from, n, d.labels.data());
     return d;

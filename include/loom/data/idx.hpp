@@ -66,11 +66,21 @@ inline IdxFile read_idx(const std::string& path, const std::string& package = ""
   return out;
 }
 
-/// Images [N, 1, H, W] scaled to [0, 1] and labels [N].
+using Images = Tensor<float, Shape<dyn, dyn, dyn, dyn>>;
+using Labels = Tensor<std::int64_t, Shape<dyn>>;
+
+/// An in-memory image dataset: images [N, C, H, W] (float, usually scaled to [0, 1]) and labels [N].
 struct ImageDataset {
-  Tensor<float, Shape<dyn, 1, dyn, dyn>> images;
-  Tensor<std::int64_t, Shape<dyn>> labels;
+  Images images;
+  Labels labels;
+  ImageDataset() = default;
+  ImageDataset(Images x, Labels y) : images(std::move(x)), labels(std::move(y)) {
+    if (images.dims()[0] != labels.size())
+      throw shape_error("loom::data::ImageDataset: images " + to_string(images.dims()) + " and labels " +
+                        to_string(labels.dims()) + " disagree on the sample count");
+  }
   std::size_t size() const { return labels.size(); }
+  std::size_t sample_size() const { const auto& d = images.dims(); return d[1] * d[2] * d[3]; }
 };
 
 /// x <- (x - mean) / std for every pixel (Fashion-MNIST: mean 0.2860, std 0.3530).
@@ -87,8 +97,7 @@ inline ImageDataset load_idx_pair(const std::string& images_path, const std::str
   if (im.dims[0] != lb.dims[0])
     throw data_error("loom::data: " + images_path + " holds " + std::to_string(im.dims[0]) + " images but " +
                      labels_path + " holds " + std::to_string(lb.dims[0]) + " labels");
-  ImageDataset ds{Tensor<float, Shape<dyn, 1, dyn, dyn>>({im.dims[0], 1, im.dims[1], im.dims[2]}),
-                  Tensor<std::int64_t, Shape<dyn>>({lb.dims[0]})};
+  ImageDataset ds{Images({im.dims[0], 1, im.dims[1], im.dims[2]}), Labels({lb.dims[0]})};
   for (std::size_t i = 0; i < im.bytes.size(); ++i) ds.images.data()[i] = float(im.bytes[i]) / 255.0f;
   for (std::size_t i = 0; i < lb.bytes.size(); ++i) ds.labels.data()[i] = lb.bytes[i];
   return ds;

@@ -1,0 +1,6 @@
+// loom/data/data.hpp — datasets (IDX / Fashion-MNIST, CIFAR-10), transforms, and the DataLoader.
+#pragma once
+#include "cifar.hpp"
+#include "idx.hpp"
+#include "loader.hpp"
+#include "transforms.hpp"
