@@ -103,6 +103,16 @@ TEST_CASE("optim: SGD, Adam and AdamW follow PyTorch's trajectories") {
   run("rmsprop", [](auto r) { return optim::RMSprop<float>(r, {.lr = 0.01, .weight_decay = 0.05, .momentum = 0.5}); });
 }
 
+TEST_CASE("optim: learning-rate schedules follow PyTorch's schedulers") {
+  auto lr = [](const char* name) { return loom::testing::tagged(nn_fixtures().at(name), "lr").at(0); };
+  const auto warm = lr("schedule_warmup_cosine"), cos = lr("schedule_cosine"), step = lr("schedule_step");
+  for (std::size_t s = 0; s <= 20; ++s)  // torch's cosine keeps oscillating past T_max; loom's stays at the floor
+    CHECK(optim::cosine_lr(0.1, s, 20, 5, 0.001, 0.25) == doctest::Approx(warm[s]).epsilon(1e-6));
+  CHECK(optim::cosine_lr(0.1, 24, 20, 5, 0.001, 0.25) == doctest::Approx(0.001));
+  for (std::size_t s = 0; s < cos.size(); ++s) CHECK(optim::cosine_lr(0.1, s, 12) == doctest::Approx(cos[s]).epsilon(1e-6));
+  for (std::size_t s = 0; s < step.size(); ++s) CHECK(optim::step_lr(0.1, s, 4, 0.5) == doctest::Approx(step[s]).epsilon(1e-6));
+}
+
 TEST_CASE("optim: clip_grad_norm scales all gradients to the global norm") {
   std::vector<float> v1(3, 0), g1{3, 0, 0}, v2(1, 0), g2{4};
   std::vector<nn::ParamRef<float>> refs{{"a", v1.data(), g1.data(), 3, {3}}, {"b", v2.data(), g2.data(), 1, {1}}};
