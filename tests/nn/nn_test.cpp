@@ -155,3 +155,42 @@ TEST_CASE("nn: initializers follow torch.nn.init's bounds and deviations") {
   CHECK(std::sqrt(sq / double(c.value().size())) == doctest::Approx(std::sqrt(2.0 / (32 * 9))).epsilon(0.03));
   CHECK(nn::init::fans(c).second == 64.0 * 9);
 }
+
+TEST_CASE("nn: sum reduction equals the batch (or element) count times the mean, values and gradients") {
+  auto x = loom::testing::param<Shape<4, 6>>(82), x2 = loom::testing::param<Shape<4, 6>>(82);
+  auto t = loom::testing::param<Shape<4, 6>>(83);
+  auto y = input<std::int64_t, Shape<dyn>>();
+  Tensor<std::int64_t, Shape<dyn>> yt({4}, {1, 3, 3, 0});
+  y.bind(yt);
+  auto same = [&](auto mean_loss, auto sum_loss, double n) {
+    auto a = compile(mean_loss), b = compile(sum_loss);
+    x.zero_grad(), x2.zero_grad();
+    CHECK(b.forward().item() == doctest::Approx(n * a.forward().item()).epsilon(1e-12));
+    a.backward();
+    b.backward();
+    x.grad().for_each([&](double& g) { g *= n; });
+    CHECK(allclose(x.grad(), x2.grad(), 1e-10, 1e-12));
+  };
+  same(nn::cross_entropy(x, y, 0.1), nn::cross_entropy<nn::Reduction::sum>(x2, y, 0.1), 4);
+  same(nn::nll_loss(x * 1.0, y), nn::nll_loss<nn::Reduction::sum>(x2 * 1.0, y), 4);
+  same(nn::mse_loss(x, t), nn::mse_loss<nn::Reduction::sum>(x2, t), 24);
+  same(nn::l1_loss(x, t), nn::l1_loss<nn::Reduction::sum>(x2, t), 24);
+  same(nn::bce_with_logits(x, t), nn::bce_with_logits<nn::Reduction::sum>(x2, t), 24);
+  loom::testing::gradcheck([&] { return nn::cross_entropy<nn::Reduction::sum>(x * 1.5, y); }, x);
+}
+
+TEST_CASE("nn: Softmax and LogSoftmax modules act on the last axis") {
+  auto x = loom::testing::param<Shape<3, 5>>(84);
+  auto p = compile(nn::Softmax{}(x)).forward().clone();
+  auto lp = compile(nn::LogSoftmax{}(x)).forward().clone();
+  for (std::size_t r = 0; r < 3; ++r) {
+    double s = 0;
+    for (std::size_t c = 0; c < 5; ++c) {
+      s += p(r, c);
+      CHECK(std::log(p(r, c)) == doctest::Approx(lp(r, c)));
+    }
+    CHECK(s == doctest::Approx(1.0));
+  }
+  using Net = nn::Sequential<nn::Linear<5, 4, true, double>, nn::LogSoftmax>;
+  static_assert(Net::num_params == 24);
+}

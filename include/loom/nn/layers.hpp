@@ -5,6 +5,7 @@
 
 #include "../ops/elementwise.hpp"
 #include "../ops/index.hpp"
+#include "../ops/reduce.hpp"
 #include "../ops/matmul.hpp"
 #include "../ops/shape.hpp"
 #include "init.hpp"
@@ -119,6 +120,14 @@ struct Identity {
   static constexpr std::string_view name = "Identity";
   auto operator()(const auto& x) const { return x; }
 };
+struct Softmax {
+  static constexpr std::string_view name = "Softmax";
+  auto operator()(const auto& x) const { return loom::softmax<-1>(x); }
+};
+struct LogSoftmax {
+  static constexpr std::string_view name = "LogSoftmax";
+  auto operator()(const auto& x) const { return loom::log_softmax<-1>(x); }
+};
 struct Flatten {
   static constexpr std::string_view name = "Flatten";
   auto operator()(const auto& x) const { return loom::flatten(x); }
@@ -131,6 +140,9 @@ using Sigmoid = Activation<fn::Sigmoid>;
 using GELU = Activation<fn::Gelu>;
 using LeakyReLU = Activation<fn::LeakyRelu>;
 using Identity = Activation<fn::Identity>;
+/// Softmax / log-softmax over the last axis.
+using Softmax = Activation<fn::Softmax>;
+using LogSoftmax = Activation<fn::LogSoftmax>;
 /// [B, d1, d2, ...] -> [B, d1 * d2 * ...]; the following Linear checks the computed count.
 using Flatten = Activation<fn::Flatten, unknown_features>;
 

@@ -12,6 +12,9 @@
 
 namespace loom::nn {
 
+/// How a loss combines its per-element (or per-sample) terms.
+enum class Reduction { mean, sum };
+
 namespace ops {
 /// What the label losses share: [B, C] scores (float) against integer labels [B], a scalar result.
 struct LabelLoss {
@@ -22,6 +25,9 @@ struct LabelLoss {
   template <class X, class Y>
   using shape = Shape<>;
 
+  bool sum = false;  ///< Reduction::sum instead of the mean over the batch
+  /// Divisor of the summed per-sample terms.
+  double denom(std::size_t B) const { return sum ? 1.0 : double(B ? B : 1); }
   Dims<0> dims(const Dims<2>& x, const Dims<1>& y) const {
     if (x[0] != y[0])
       throw shape_error("loom::nn: scores " + to_string(x) + " and labels " + to_string(y) +
@@ -39,6 +45,7 @@ struct LabelLoss {
 struct CrossEntropy : LabelLoss {
   static constexpr std::string_view name = "cross_entropy";
   double smoothing = 0;
+  CrossEntropy(double s, bool summed) : LabelLoss{summed}, smoothing(s) {}
   template <class T, class L>
   static T row_lse(const T* x, std::size_t C, std::ptrdiff_t s) {
     T m = -std::numeric_limits<T>::infinity();
@@ -60,7 +67,7 @@ struct CrossEntropy : LabelLoss {
         for (std::size_t c = 0; c < C; ++c) mean_x += row[c * x.strides[1]];
       total += (1 - smoothing) * (lse - row[t * x.strides[1]]) + smoothing * (lse - mean_x / double(C));
     }
-    *out.data = static_cast<T>(B ? total / double(B) : 0.0);
+    *out.data = static_cast<T>(total / denom(B));
   }
   template <class T, class L>
   void backward(const loom::detail::View<T, 0>& g, const loom::detail::View<T, 0>&,
@@ -68,7 +75,7 @@ struct CrossEntropy : LabelLoss {
                 const std::pair<loom::detail::View<L, 1>, loom::detail::View<L, 1>>& y) const {
     if (!x.second.data) return;
     const std::size_t B = x.first.dims[0], C = x.first.dims[1];
-    const T scale = *g.data / T(B ? B : 1);
+    const T scale = *g.data / T(denom(B));
     for (std::size_t b = 0; b < B; ++b) {
       const T* row = x.first.data + b * x.first.strides[0];
       T* drow = x.second.data + b * x.second.strides[0];
@@ -91,7 +98,7 @@ struct Nll : LabelLoss {
     double total = 0;
     for (std::size_t b = 0; b < B; ++b)
       total -= x.data[b * x.strides[0] + label(y.data[b * y.strides[0]], C) * x.strides[1]];
-    *out.data = static_cast<T>(B ? total / double(B) : 0.0);
+    *out.data = static_cast<T>(total / denom(B));
   }
   template <class T, class L>
   void backward(const loom::detail::View<T, 0>& g, const loom::detail::View<T, 0>&,
@@ -101,7 +108,7 @@ struct Nll : LabelLoss {
     const std::size_t B = x.first.dims[0], C = x.first.dims[1];
     for (std::size_t b = 0; b < B; ++b)
       x.second.data[b * x.second.strides[0] + label(y.first.data[b * y.first.strides[0]], C) * x.second.strides[1]] -=
-          *g.data / T(B ? B : 1);
+          *g.data / T(denom(B));
   }
 };
 
@@ -119,30 +126,39 @@ constexpr bool label_loss_args = shape_t<X>::rank == 2 && shape_t<Y>::rank == 1 
                                  FloatDtype<value_t<X>>;
 }  // namespace detail
 
-/// Mean softmax cross-entropy of logits [B, C] against integer class labels [B].
-template <Expression X, Expression Y>
+/// Softmax cross-entropy of logits [B, C] against integer class labels [B], averaged over the batch
+/// (or summed: cross_entropy<Reduction::sum>).
+template <Reduction R = Reduction::mean, Expression X, Expression Y>
 auto cross_entropy(const X& logits, const Y& labels, double label_smoothing = 0.0) {
   constexpr bool ok = detail::label_loss_args<X, Y>;
   detail::check_label_loss<ok, shape_t<X>, shape_t<Y>>{};
-  if constexpr (ok) return make_node(ops::CrossEntropy{{}, label_smoothing}, logits, labels);
+  if constexpr (ok) return make_node(ops::CrossEntropy{label_smoothing, R == Reduction::sum}, logits, labels);
 }
 
-/// Mean negative log-likelihood of log-probabilities [B, C] at integer labels [B].
-template <Expression X, Expression Y>
+/// Negative log-likelihood of log-probabilities [B, C] at integer labels [B] (mean or sum over the batch).
+template <Reduction R = Reduction::mean, Expression X, Expression Y>
 auto nll_loss(const X& log_probs, const Y& labels) {
   constexpr bool ok = detail::label_loss_args<X, Y>;
   detail::check_label_loss<ok, shape_t<X>, shape_t<Y>>{};
-  if constexpr (ok) return make_node(ops::Nll{}, log_probs, labels);
+  if constexpr (ok) return make_node(ops::Nll{{R == Reduction::sum}}, log_probs, labels);
 }
 
-/// Mean squared error.
-template <Expression X, Expression Y>
-auto mse_loss(const X& x, const Y& y) { return mean(pow(x - y, 2)); }
-/// Mean absolute error.
-template <Expression X, Expression Y>
-auto l1_loss(const X& x, const Y& y) { return mean(abs(x - y)); }
-/// Mean binary cross-entropy on logits (stable: max(x,0) - x*y + log(1 + exp(-|x|))).
-template <Expression X, Expression Y>
-auto bce_with_logits(const X& x, const Y& y) { return mean(relu(x) - x * y + log(exp(-abs(x)) + 1.0)); }
+namespace detail {
+template <Reduction R, class E>
+auto reduce(const E& e) {
+  if constexpr (R == Reduction::sum) return loom::sum(e);
+  else return loom::mean(e);
+}
+}  // namespace detail
+
+/// Squared error, averaged over all elements (or summed).
+template <Reduction R = Reduction::mean, Expression X, Expression Y>
+auto mse_loss(const X& x, const Y& y) { return detail::reduce<R>(pow(x - y, 2)); }
+/// Absolute error, averaged over all elements (or summed).
+template <Reduction R = Reduction::mean, Expression X, Expression Y>
+auto l1_loss(const X& x, const Y& y) { return detail::reduce<R>(abs(x - y)); }
+/// Binary cross-entropy on logits (stable: max(x,0) - x*y + log(1 + exp(-|x|))), averaged (or summed).
+template <Reduction R = Reduction::mean, Expression X, Expression Y>
+auto bce_with_logits(const X& x, const Y& y) { return detail::reduce<R>(relu(x) - x * y + log(exp(-abs(x)) + 1.0)); }
 
 }  // namespace loom::nn
