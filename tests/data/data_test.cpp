@@ -231,6 +231,24 @@ TEST_CASE("data: the background thread prepares the same batches as the calling 
   }
 }
 
+TEST_CASE("data: a tabular dataset [N, F] through the same loader") {
+  data::TensorDataset<2> ds{Tensor<float, DynShape<2>>({7, 3}), data::Labels({7})};
+  for (std::size_t i = 0; i < 7; ++i) {
+    ds.labels(i) = std::int64_t(i);
+    for (std::size_t f = 0; f < 3; ++f) ds.images(i, f) = float(10 * i + f);
+  }
+  data::Loader<2> loader(ds, {.batch = 3, .shuffle = true, .seed = 2, .transforms = {data::Normalize{{5.0f}, {10.0f}}}});
+  std::size_t n = 0;
+  for (auto it = loader.begin(); it != loader.end(); ++it) {
+    const auto& b = *it;
+    CHECK(b.x.dims()[1] == 3);
+    for (std::size_t k = 0; k < b.y.size(); ++k, ++n)
+      CHECK(b.x(k, 2) == doctest::Approx((float(10 * b.y(k) + 2) - 5.0f) / 10.0f));
+  }
+  CHECK(n == 7);
+  CHECK_THROWS_AS((data::TensorDataset<2>{Tensor<float, DynShape<2>>({7, 3}), data::Labels({6})}), shape_error);
+}
+
 TEST_CASE("data: an MLP learns on a slice of Fashion-MNIST (end to end)") {
   auto full = data::FashionMNIST::test();  // 10k images: 4k to train, 1k to evaluate
   auto slice = [&](std::size_t from, std::size_t n) {

@@ -66,22 +66,25 @@ inline IdxFile read_idx(const std::string& path, const std::string& package = ""
   return out;
 }
 
-using Images = Tensor<float, Shape<dyn, dyn, dyn, dyn>>;
-using Labels = Tensor<std::int64_t, Shape<dyn>>;
-
-/// An in-memory image dataset: images [N, C, H, W] (float, usually scaled to [0, 1]) and labels [N].
-struct ImageDataset {
-  Images images;
-  Labels labels;
-  ImageDataset() = default;
-  ImageDataset(Images x, Labels y) : images(std::move(x)), labels(std::move(y)) {
+/// An in-memory dataset of float samples x [N, ...] (rank R, the sample axis first) and integer labels [N].
+template <std::size_t R>
+struct TensorDataset {
+  static_assert(R >= 2, "loom::data::TensorDataset: x needs a sample axis and at least one more");
+  Tensor<float, DynShape<R>> images;  ///< the samples (images [N, C, H, W] for R = 4)
+  Tensor<std::int64_t, Shape<dyn>> labels;
+  TensorDataset() = default;
+  TensorDataset(Tensor<float, DynShape<R>> x, Tensor<std::int64_t, Shape<dyn>> y) : images(std::move(x)), labels(std::move(y)) {
     if (images.dims()[0] != labels.size())
-      throw shape_error("loom::data::ImageDataset: images " + to_string(images.dims()) + " and labels " +
+      throw shape_error("loom::data::TensorDataset: samples " + to_string(images.dims()) + " and labels " +
                         to_string(labels.dims()) + " disagree on the sample count");
   }
   std::size_t size() const { return labels.size(); }
-  std::size_t sample_size() const { const auto& d = images.dims(); return d[1] * d[2] * d[3]; }
+  std::size_t sample_size() const { return size() ? images.size() / size() : 0; }
 };
+/// Images [N, C, H, W] (float, usually scaled to [0, 1]) and labels [N].
+using ImageDataset = TensorDataset<4>;
+using Images = Tensor<float, DynShape<4>>;
+using Labels = Tensor<std::int64_t, Shape<dyn>>;
 
 /// x <- (x - mean) / std for every pixel (Fashion-MNIST: mean 0.2860, std 0.3530).
 inline void normalize(ImageDataset& ds, float mean, float stddev) {

@@ -25,25 +25,31 @@ struct LoaderOptions {
   std::vector<Transform> transforms = {};
 };
 
+template <std::size_t R>
 struct Batch {
-  Images x;
+  Tensor<float, DynShape<R>> x;
   Labels y;
 };
 
-class DataLoader {
+/// Loads batches of a TensorDataset<R>; transforms see each sample as [C, H, W] with the trailing axes
+/// of a lower-rank sample set to 1 ([F] -> C = 1, H = 1, W = F).
+template <std::size_t R>
+class Loader {
   static constexpr std::size_t none = static_cast<std::size_t>(-1);
 
  public:
-  DataLoader(const ImageDataset& ds, LoaderOptions o) : ds_(&ds), o_(std::move(o)), order_(ds.size()) {
+  using Samples = Tensor<float, DynShape<R>>;
+  Loader(const TensorDataset<R>& ds, LoaderOptions o) : ds_(&ds), o_(std::move(o)), order_(ds.size()) {
     if (o_.batch == 0) throw std::invalid_argument("loom::data::DataLoader: batch size must be positive");
-    const auto& d = ds.images.dims();
-    for (auto& s : slots_) s.x = Images({o_.batch, d[1], d[2], d[3]}), s.y = Labels({o_.batch});
+    auto d = ds.images.dims();
+    d[0] = o_.batch;
+    for (auto& s : slots_) s.x = Samples(d), s.y = Labels({o_.batch});
     scratch_.resize(ds.sample_size());
     std::iota(order_.begin(), order_.end(), std::size_t{0});
   }
-  DataLoader(const DataLoader&) = delete;
-  DataLoader& operator=(const DataLoader&) = delete;
-  ~DataLoader() {
+  Loader(const Loader&) = delete;
+  Loader& operator=(const Loader&) = delete;
+  ~Loader() {
     if (!worker_.joinable()) return;
     {
       std::lock_guard lock(m_);
@@ -58,13 +64,13 @@ class DataLoader {
 
   class iterator {
    public:
-    iterator(DataLoader* l, std::size_t i) : l_(l), i_(i) {}
-    const Batch& operator*() { return l_->get(i_); }
+    iterator(Loader* l, std::size_t i) : l_(l), i_(i) {}
+    const Batch<R>& operator*() { return l_->get(i_); }
     iterator& operator++() { ++i_; return *this; }
     bool operator!=(const iterator& o) const { return i_ != o.i_; }
 
    private:
-    DataLoader* l_;
+    Loader* l_;
     std::size_t i_;
   };
   /// Starts an epoch (reshuffling with seed + epoch when shuffling) and, when prefetching, starts
@@ -85,13 +91,13 @@ class DataLoader {
 
  private:
   struct Slot {
-    Images x;
+    Samples x;
     Labels y;
-    Batch view;
+    Batch<R> view;
     std::size_t filled = none;
   };
 
-  const Batch& get(std::size_t b) {
+  const Batch<R>& get(std::size_t b) {
     Slot& s = slots_[b % 2];
     if (!o_.prefetch) {
       if (s.filled != b) fill(b, s), s.filled = b;
@@ -137,6 +143,8 @@ class DataLoader {
     const std::size_t start = b * o_.batch, n = std::min(o_.batch, ds_->size() - start);
     const std::size_t per = ds_->sample_size();
     const auto& d = ds_->images.dims();
+    // the sample as [C, H, W] for the transforms
+    const std::size_t w = d[R - 1], h = R >= 3 ? d[R - 2] : 1, c = per / (w * h ? w * h : 1);
     Generator rng;
     for (std::size_t k = 0; k < n; ++k) {
       const std::size_t src = order_[start + k];
@@ -144,16 +152,18 @@ class DataLoader {
       std::copy_n(ds_->images.data() + src * per, per, x);
       if (!o_.transforms.empty()) {
         rng.reseed((o_.seed * 0x9E3779B97F4A7C15ull) ^ (current_epoch_ << 40) ^ src);
-        Sample sample{x, scratch_.data(), d[1], d[2], d[3], rng};
+        Sample sample{x, scratch_.data(), c, h, w, rng};
         for (const auto& t : o_.transforms) t(sample);
       }
       s.y.data()[k] = ds_->labels.data()[src];
     }
-    s.view.x = Images::wrap(s.x.data(), {n, d[1], d[2], d[3]});
+    auto bd = d;
+    bd[0] = n;
+    s.view.x = Samples::wrap(s.x.data(), bd);
     s.view.y = Labels::wrap(s.y.data(), {n});
   }
 
-  const ImageDataset* ds_;
+  const TensorDataset<R>* ds_;
   LoaderOptions o_;
   std::vector<std::size_t> order_;
   std::vector<float> scratch_;
@@ -166,5 +176,8 @@ class DataLoader {
   bool stop_ = false;
   std::exception_ptr error_;
 };
+
+/// The image loader (batches [B, C, H, W]).
+using DataLoader = Loader<4>;
 
 }  // namespace loom::data
