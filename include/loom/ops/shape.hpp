@@ -138,6 +138,25 @@ struct Slice : ViewOp {
   }
 };
 
+/// Len elements from Start along Axis, with a static extent (as torch.narrow).
+template <int Axis, std::size_t Start, std::size_t Len>
+struct Narrow : ViewOp {
+  static constexpr std::string_view name = "narrow";
+  template <class S>
+  using shape = detail::with_extent<S, detail::axis_of<S, Axis>, Len>;
+  template <class T, std::size_t R>
+  detail::View<T, R> view(const detail::View<T, R>& in) const {
+    constexpr std::size_t ax = detail::norm_axis(Axis, R);
+    if (in.dims[ax] < Start + Len)
+      throw shape_error("loom::narrow: [" + std::to_string(Start) + ", " + std::to_string(Start + Len) + ") along axis " +
+                        std::to_string(ax) + " is outside " + to_string(in.dims));
+    auto v = in;
+    v.dims[ax] = Len;
+    if (in.data) v.data = in.data + static_cast<std::ptrdiff_t>(Start) * in.strides[ax];
+    return v;
+  }
+};
+
 template <int Axis>
 struct Flip : ViewOp {
   static constexpr std::string_view name = "flip";
@@ -334,6 +353,18 @@ auto broadcast_to(const X& x, const Dims<S2::rank>& dims = {}) {
   constexpr bool ok = S2::rank >= S::rank && broadcastable_v<S, S2> && std::is_same_v<broadcast_t<S, S2>, S2>;
   detail::check_broadcast<ok, S, S2>{};
   if constexpr (ok) return make_node(ops::BroadcastTo<S2>{{}, dims}, x);
+}
+/// Elements [Start, Start + Len) along Axis: a view whose extent there is the static Len.
+template <int Axis, std::size_t Start, std::size_t Len, Expression X>
+auto narrow(const X& x) {
+  using S = shape_t<X>;
+  constexpr std::size_t ax = detail::norm_axis(Axis, S::rank);
+  constexpr bool ok = ax < S::rank;
+  detail::check_axis_in_range<ok, S, Axis>{};
+  if constexpr (ok) {
+    static_assert(S::extents[ax] == dyn || Start + Len <= S::extents[ax], "loom::narrow: the range exceeds the extent");
+    return make_node(ops::Narrow<Axis, Start, Len>{}, x);
+  }
 }
 template <int Axis, Expression X>
 auto slice(const X& x, std::ptrdiff_t start, std::ptrdiff_t stop, std::ptrdiff_t step = 1) {
