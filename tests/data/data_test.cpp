@@ -249,6 +249,49 @@ TEST_CASE("data: a tabular dataset [N, F] through the same loader") {
   CHECK_THROWS_AS((data::TensorDataset<2>{Tensor<float, DynShape<2>>({7, 3}), data::Labels({6})}), shape_error);
 }
 
+TEST_CASE("data: text corpora, vocabularies, batchify and get_batch") {
+  SUBCASE("characters") {
+    auto c = data::Corpus::from_text("abcab\n", "ba");
+    CHECK(c.vocab.size() == 4);
+    CHECK(c.train == std::vector<std::int64_t>{0, 1, 2, 0, 1, 3});
+    CHECK(c.valid == std::vector<std::int64_t>{1, 0});
+    CHECK(c.vocab.decode(c.vocab.encode("cab")) == "cab");
+    CHECK_THROWS_WITH_AS(c.vocab.encode("abz"), doctest::Contains("'z' is not in the vocabulary (4 tokens)"), data::data_error);
+    CHECK_THROWS_WITH_AS(data::Corpus::from_text("", "x"), doctest::Contains("the training text is empty"), data::data_error);
+  }
+  SUBCASE("words") {
+    auto c = data::Corpus::from_text("the cat\nthe dog\n", "", data::Vocabulary::Level::words);
+    CHECK(c.vocab.size() == 4);  // the, cat, <eos>, dog
+    CHECK(c.train == std::vector<std::int64_t>{0, 1, 2, 0, 3, 2});
+    CHECK(c.vocab.decode(c.train) == "the cat\nthe dog\n");
+  }
+  SUBCASE("batchify into columns, windows of inputs and next-token targets") {
+    std::vector<std::int64_t> ids(23);
+    std::iota(ids.begin(), ids.end(), 0);
+    const auto d = data::batchify(ids, 3);  // 7 rows, the last 2 tokens dropped
+    REQUIRE(d.dims() == Dims<2>{7, 3});
+    CHECK(d(0, 1) == 7);
+    CHECK(d(6, 2) == 20);
+    auto [x, y] = data::get_batch(d, 4, 5);  // only 2 rows of targets remain
+    CHECK(x.dims() == Dims<2>{2, 3});
+    CHECK(x(0, 0) == 4);
+    CHECK(y(1, 2) == 20);
+    CHECK_THROWS_AS(data::get_batch(d, 6, 5), std::out_of_range);
+    CHECK_THROWS_WITH_AS(data::batchify(ids, 12), doctest::Contains("too few"), data::data_error);
+  }
+  SUBCASE("Debian's fortunes, split deterministically") {
+    const auto a = data::Fortunes::load(), b = data::Fortunes::load();
+    CHECK(a.train.size() > 100000);
+    CHECK(a.valid.size() > a.train.size() / 20);
+    CHECK(a.valid.size() < a.train.size() / 5);
+    CHECK(a.train == b.train);
+    CHECK(a.valid == b.valid);
+    CHECK(a.vocab.size() < 256);
+    CHECK_THROWS_WITH_AS(data::Fortunes::load("/nonexistent"), doctest::Contains("/nonexistent/fortunes does not exist (install it with: apt-get install fortunes)"),
+                         data::data_error);
+  }
+}
+
 TEST_CASE("data: an MLP learns on a slice of Fashion-MNIST (end to end)") {
   auto full = data::FashionMNIST::test();  // 10k images: 4k to train, 1k to evaluate
   auto slice = [&](std::size_t from, std::size_t n) {

@@ -3,4 +3,5 @@
 #include "cifar.hpp"
 #include "idx.hpp"
 #include "loader.hpp"
+#include "text.hpp"
 #include "transforms.hpp"
