@@ -7,3 +7,5 @@
 #include "module.hpp"
 #include "norm.hpp"
 #include "sequential.hpp"
+#include "sampling.hpp"
+#include "recurrent.hpp"

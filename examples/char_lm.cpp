@@ -1,0 +1,172 @@
+// Trains a character-level language model on Debian's fortunes (/usr/share/games/fortunes) with a
+// progress bar, reports validation loss and perplexity per epoch against a unigram baseline, saves a
+// checkpoint, and samples text from a prompt. --model lstm: an embedding, an LSTM carried across
+// batches (truncated BPTT), a linear head.
+#include <CLI/CLI.hpp>
+#include <loom/data/data.hpp>
+#include <loom/loom.hpp>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+using namespace loom;
+using Clock = std::chrono::steady_clock;
+
+constexpr std::size_t V = 128;  // vocabulary capacity (the fortunes corpus uses 109 characters)
+
+struct Options {
+  std::string model = "lstm", data_dir = data::Fortunes::default_dir, checkpoint = "char_lm.safetensors";
+  std::string prompt = "The ";
+  int epochs = 2, threads = 0, sample_len = 300;
+  std::size_t batch = 32, bptt = 64, top_k = 0;
+  double lr = 2e-3, temperature = 0.8, clip = 1.0;
+  std::uint64_t seed = 0;
+};
+
+/// Embedding -> LSTM -> Linear, the LSTM's state carried between batches.
+struct CharLSTM {
+  static constexpr std::size_t E = 64, H = 256;
+  nn::Embedding<V, E> embed;
+  nn::LSTM<E, H> lstm;
+  nn::Linear<H, V> head;
+  static constexpr std::size_t num_params = decltype(embed)::num_params + decltype(lstm)::num_params + decltype(head)::num_params;
+  explicit CharLSTM(Generator& g) : embed(g), lstm(g), head(g) {}
+  template <class F>
+  void visit(F&& f, const std::string& prefix) const {
+    embed.visit(f, prefix + "embed.");
+    lstm.visit(f, prefix + "lstm.");
+    head.visit(f, prefix + "head.");
+  }
+};
+
+/// Unigram baseline: cross-entropy of validation characters under the training characters' frequencies.
+double unigram_loss(const data::Corpus& c) {
+  std::vector<double> count(c.vocab.size(), 1.0);  // add-one smoothing
+  for (auto t : c.train) count[std::size_t(t)] += 1;
+  double total = 0, loss = 0;
+  for (double n : count) total += n;
+  for (auto t : c.valid) loss -= std::log(count[std::size_t(t)] / total);
+  return loss / double(c.valid.size());
+}
+
+int run_lstm(const Options& o, const data::Corpus& corpus) {
+  Generator gen(o.seed);
+  CharLSTM net(gen);
+  std::printf("model lstm: %zu parameters (embedding %zu x %zu, LSTM %zu, head %zu)\n", CharLSTM::num_params, V,
+              CharLSTM::E, CharLSTM::H, V);
+  constexpr std::size_t S = 2 * CharLSTM::H;
+  auto x = input<std::int64_t, Shape<dyn, dyn>>();  // [T, B]
+  auto y = input<std::int64_t, Shape<dyn, dyn>>();
+  auto h0 = input<float, Shape<1, dyn, S>>();
+  auto r = net.lstm(net.embed(x), h0);
+  auto logits = net.head(reshape<Shape<dyn, CharLSTM::H>>(r.out));  // [T * B, V]
+  Tensor<float, DynShape<3>> state_out;  // the final state, written by the forward pass
+  auto loss = nn::cross_entropy(logits, reshape<Shape<dyn>>(y)) + export_to(r.state, state_out);
+  auto step = compile(loss);
+  auto next_logits = compile(logits + export_to(r.state, state_out) * 0.0f);  // generation: T = 1, B = 1
+  auto params = nn::parameters(net);
+  optim::Adam<float> opt(params, {.lr = o.lr});
+
+  const auto train = data::batchify(corpus.train, o.batch), valid = data::batchify(corpus.valid, o.batch);
+  Tensor<float, Shape<1, dyn, S>> state({1, o.batch, S});
+  auto run_epoch = [&](const data::Tokens& d, bool training, int epoch, const Clock::time_point t0) {
+    state.fill(0.0f);
+    double total = 0;
+    std::size_t n = 0, tokens = 0;
+    const std::size_t steps = (d.dims()[0] - 1 + o.bptt - 1) / o.bptt;
+    for (std::size_t i = 0; i + 1 < d.dims()[0]; i += o.bptt) {
+      auto [xb, yb] = data::get_batch(d, i, o.bptt);
+      const double l = step.forward(xb, yb, state).item();
+      total += l * double(xb.size()), tokens += xb.size();
+      std::copy_n(state_out.data(), state.size(), state.data());  // carried, detached (an input)
+      if (training) {
+        step.backward();
+        optim::clip_grad_norm(params, o.clip);
+        opt.options().lr = optim::cosine_lr(o.lr, std::size_t(epoch - 1) * steps + n, steps * std::size_t(o.epochs), 20);
+        opt.step();
+        opt.zero_grad();
+        if (++n % 10 == 0 || n == steps) {
+          const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+          const int width = 30, done = int(width * n / steps);
+          std::printf("\repoch %d [%s%s] %zu/%zu  %.1f batch/s  loss %.4f", epoch, std::string(done, '=').c_str(),
+                      std::string(width - done, ' ').c_str(), n, steps, double(n) / secs, total / double(tokens));
+          std::fflush(stdout);
+        }
+      }
+    }
+    return total / double(tokens);
+  };
+  const double uni = unigram_loss(corpus);
+  std::printf("corpus: %zu train / %zu validation characters, %zu distinct; unigram baseline: loss %.4f, "
+              "perplexity %.2f\n", corpus.train.size(), corpus.valid.size(), corpus.vocab.size(), uni, std::exp(uni));
+  for (int epoch = 1; epoch <= o.epochs; ++epoch) {
+    const auto t0 = Clock::now();
+    const double tl = run_epoch(train, true, epoch, t0);
+    const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+    const double vl = run_epoch(valid, false, epoch, t0);
+    std::printf("\nepoch %d: train loss %.4f  validation loss %.4f  perplexity %.2f  (unigram %.2f)  (%.1f s)\n", epoch,
+                tl, vl, std::exp(vl), std::exp(uni), secs);
+    io::save_module(o.checkpoint, net);
+  }
+  // sampling: feed the prompt one character at a time, then draw
+  const auto prompt = corpus.vocab.encode(o.prompt);  // throws on a character outside the vocabulary
+  Tensor<float, Shape<1, dyn, S>> s({1, 1, S});
+  s.fill(0.0f);
+  data::Tokens tok({1, 1}), unused({1, 1});
+  Generator g(o.seed + 1);
+  std::vector<double> scratch;
+  std::vector<std::int64_t> out(prompt.begin(), prompt.end());
+  std::size_t next = 0;
+  for (std::size_t k = 0; k < prompt.size() + std::size_t(o.sample_len); ++k) {
+    tok(0, 0) = k < prompt.size() ? prompt[k] : std::int64_t(next);
+    if (k >= prompt.size()) out.push_back(tok(0, 0));
+    auto lg = next_logits.forward(tok, s);
+    std::copy_n(state_out.data(), s.size(), s.data());
+    std::vector<float> row(lg.data(), lg.data() + corpus.vocab.size());  // ids past the vocabulary never occur
+    next = nn::sample(row.data(), row.size(), {.temperature = o.temperature, .top_k = o.top_k}, g, scratch);
+  }
+  std::printf("sample (temperature %.2f%s):\n%s\n", o.temperature,
+              o.top_k ? (", top-k " + std::to_string(o.top_k)).c_str() : "", corpus.vocab.decode(out).c_str());
+  std::printf("checkpoint: %s\n", o.checkpoint.c_str());
+  (void)unused;
+  return 0;
+}
+
+int main(int argc, char** argv) {
+  Options o;
+  CLI::App app{"Train a character-level language model on Debian's fortunes"};
+  app.add_option("--model", o.model, "network: lstm")->check(CLI::IsMember({"lstm"}));
+  app.add_option("--epochs", o.epochs, "epochs")->check(CLI::PositiveNumber);
+  app.add_option("--batch", o.batch, "batch columns")->check(CLI::PositiveNumber);
+  app.add_option("--bptt", o.bptt, "sequence length per step")->check(CLI::PositiveNumber);
+  app.add_option("--lr", o.lr, "Adam learning rate (cosine decay, 20 warmup steps)");
+  app.add_option("--clip", o.clip, "gradient clipping by global norm");
+  app.add_option("--threads", o.threads, "OpenMP threads (0: all cores)");
+  app.add_option("--seed", o.seed, "seed for initialization and sampling");
+  app.add_option("--data-dir", o.data_dir, "fortune directory");
+  app.add_option("--checkpoint", o.checkpoint, "safetensors file written after every epoch");
+  app.add_option("--prompt", o.prompt, "text to continue");
+  app.add_option("--sample-len", o.sample_len, "characters to generate");
+  app.add_option("--temperature", o.temperature, "sampling temperature (0: greedy)");
+  app.add_option("--top-k", o.top_k, "sample among the k most likely characters (0: all)");
+  CLI11_PARSE(app, argc, argv);
+#ifdef _OPENMP
+  if (o.threads > 0) omp_set_num_threads(o.threads);
+#endif
+  try {
+    const auto corpus = data::Fortunes::load(o.data_dir);
+    if (corpus.vocab.size() > V) {
+      std::fprintf(stderr, "char_lm: the corpus has %zu distinct characters; the model holds %zu\n", corpus.vocab.size(), V);
+      return 1;
+    }
+    return run_lstm(o, corpus);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "char_lm: %s\n", e.what());
+    return 1;
+  }
+}
