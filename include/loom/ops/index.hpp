@@ -27,16 +27,8 @@ struct check_embedding {
 /// Calls f(k, offset) for each element of a strided view, k counting in row-major order.
 template <class T, std::size_t R, class F>
 void for_each_offset(const View<T, R>& v, F&& f) {
-  const std::size_t n = v.size();
-  for (std::size_t k = 0; k < n; ++k) {
-    std::size_t rest = k;
-    std::ptrdiff_t off = 0;
-    for (std::size_t a = R; a-- > 0;) {
-      off += static_cast<std::ptrdiff_t>(rest % v.dims[a]) * v.strides[a];
-      rest /= v.dims[a];
-    }
-    f(k, off);
-  }
+  std::size_t k = 0;
+  for_each_offset(v.dims, v.strides, [&](std::ptrdiff_t off) { f(k++, off); });
 }
 }  // namespace detail
 

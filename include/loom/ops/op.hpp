@@ -53,6 +53,9 @@ struct first_expr<X, R...> {
   using type = std::conditional_t<Expression<X>, X, typename first_expr<R...>::type>;
 };
 
+/// Two static extents that may be equal at run time.
+constexpr bool ext_eq(std::size_t a, std::size_t b) { return a == dyn || b == dyn || a == b; }
+
 /// Folds the broadcast check over the argument shapes, left to right.
 template <class Acc, class... S>
 struct check_broadcast_all {

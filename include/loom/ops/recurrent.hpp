@@ -108,7 +108,6 @@ struct check_scan {
                     "with S and G fixed by the cell (see check_scan below)");
   static constexpr bool value = Ok;
 };
-constexpr bool ext_eq(std::size_t a, std::size_t b) { return a == dyn || b == dyn || a == b; }
 }  // namespace detail
 
 namespace ops {
