@@ -1,7 +1,8 @@
 // Trains a character-level language model on Debian's fortunes (/usr/share/games/fortunes) with a
 // progress bar, reports validation loss and perplexity per epoch against a unigram baseline, saves a
 // checkpoint, and samples text from a prompt. --model lstm: an embedding, an LSTM carried across
-// batches (truncated BPTT), a linear head.
+// batches (truncated BPTT), a linear head. --model transformer: a decoder-only Transformer LM that
+// generates through a KV cache.
 #include <CLI/CLI.hpp>
 #include <loom/data/data.hpp>
 #include <loom/loom.hpp>
@@ -54,49 +55,33 @@ double unigram_loss(const data::Corpus& c) {
   return loss / double(c.valid.size());
 }
 
-int run_lstm(const Options& o, const data::Corpus& corpus) {
-  Generator gen(o.seed);
-  CharLSTM net(gen);
-  std::printf("model lstm: %zu parameters (embedding %zu x %zu, LSTM %zu, head %zu)\n", CharLSTM::num_params, V,
-              CharLSTM::E, CharLSTM::H, V);
-  constexpr std::size_t S = 2 * CharLSTM::H;
-  auto x = input<std::int64_t, Shape<dyn, dyn>>();  // [T, B]
-  auto y = input<std::int64_t, Shape<dyn, dyn>>();
-  auto h0 = input<float, Shape<1, dyn, S>>();
-  auto r = net.lstm(net.embed(x), h0);
-  auto logits = net.head(reshape<Shape<dyn, CharLSTM::H>>(r.out));  // [T * B, V]
-  Tensor<float, DynShape<3>> state_out;  // the final state, written by the forward pass
-  auto loss = nn::cross_entropy(logits, reshape<Shape<dyn>>(y)) + export_to(r.state, state_out);
-  auto step = compile(loss);
-  auto next_logits = compile(logits + export_to(r.state, state_out) * 0.0f);  // generation: T = 1, B = 1
-  auto params = nn::parameters(net);
+/// What the two models share: the epoch loop with its progress bar, validation, checkpoints and sampling.
+/// `step(x, y, training)` runs one batch (x, y: [T, B] windows) and returns its mean loss; `reset()`
+/// starts a stream; `next(token)` feeds one token of a sample and returns the logits of the next.
+template <class Net, class Step, class Reset, class Next>
+int train_and_sample(const Options& o, const data::Corpus& corpus, Net& net, std::vector<nn::ParamRef<float>>& params,
+                     Step step, Reset reset, Next next) {
   optim::Adam<float> opt(params, {.lr = o.lr});
-
   const auto train = data::batchify(corpus.train, o.batch), valid = data::batchify(corpus.valid, o.batch);
-  Tensor<float, Shape<1, dyn, S>> state({1, o.batch, S});
   auto run_epoch = [&](const data::Tokens& d, bool training, int epoch, const Clock::time_point t0) {
-    state.fill(0.0f);
+    reset(o.batch);
     double total = 0;
     std::size_t n = 0, tokens = 0;
     const std::size_t steps = (d.dims()[0] - 1 + o.bptt - 1) / o.bptt;
     for (std::size_t i = 0; i + 1 < d.dims()[0]; i += o.bptt) {
       auto [xb, yb] = data::get_batch(d, i, o.bptt);
-      const double l = step.forward(xb, yb, state).item();
-      total += l * double(xb.size()), tokens += xb.size();
-      std::copy_n(state_out.data(), state.size(), state.data());  // carried, detached (an input)
-      if (training) {
-        step.backward();
-        optim::clip_grad_norm(params, o.clip);
-        opt.options().lr = optim::cosine_lr(o.lr, std::size_t(epoch - 1) * steps + n, steps * std::size_t(o.epochs), 20);
-        opt.step();
-        opt.zero_grad();
-        if (++n % 10 == 0 || n == steps) {
-          const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
-          const int width = 30, done = int(width * n / steps);
-          std::printf("\repoch %d [%s%s] %zu/%zu  %.1f batch/s  loss %.4f", epoch, std::string(done, '=').c_str(),
-                      std::string(width - done, ' ').c_str(), n, steps, double(n) / secs, total / double(tokens));
-          std::fflush(stdout);
-        }
+      total += step(xb, yb, training) * double(xb.size()), tokens += xb.size();
+      if (!training) continue;
+      optim::clip_grad_norm(params, o.clip);
+      opt.options().lr = optim::cosine_lr(o.lr, std::size_t(epoch - 1) * steps + n, steps * std::size_t(o.epochs), 20);
+      opt.step();
+      opt.zero_grad();
+      if (++n % 10 == 0 || n == steps) {
+        const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+        const int width = 30, done = int(width * n / steps);
+        std::printf("\repoch %d [%s%s] %zu/%zu  %.1f batch/s  loss %.4f", epoch, std::string(done, '=').c_str(),
+                    std::string(width - done, ' ').c_str(), n, steps, double(n) / secs, total / double(tokens));
+        std::fflush(stdout);
       }
     }
     return total / double(tokens);
@@ -115,32 +100,110 @@ int run_lstm(const Options& o, const data::Corpus& corpus) {
   }
   // sampling: feed the prompt one character at a time, then draw
   const auto prompt = corpus.vocab.encode(o.prompt);  // throws on a character outside the vocabulary
-  Tensor<float, Shape<1, dyn, S>> s({1, 1, S});
-  s.fill(0.0f);
-  data::Tokens tok({1, 1}), unused({1, 1});
+  reset(1);
   Generator g(o.seed + 1);
   std::vector<double> scratch;
   std::vector<std::int64_t> out(prompt.begin(), prompt.end());
-  std::size_t next = 0;
+  std::size_t drawn = 0;
   for (std::size_t k = 0; k < prompt.size() + std::size_t(o.sample_len); ++k) {
-    tok(0, 0) = k < prompt.size() ? prompt[k] : std::int64_t(next);
-    if (k >= prompt.size()) out.push_back(tok(0, 0));
-    auto lg = next_logits.forward(tok, s);
-    std::copy_n(state_out.data(), s.size(), s.data());
-    std::vector<float> row(lg.data(), lg.data() + corpus.vocab.size());  // ids past the vocabulary never occur
-    next = nn::sample(row.data(), row.size(), {.temperature = o.temperature, .top_k = o.top_k}, g, scratch);
+    const std::int64_t token = k < prompt.size() ? prompt[k] : std::int64_t(drawn);
+    if (k >= prompt.size()) out.push_back(token);
+    const float* logits = next(token);  // ids past the vocabulary never occur: sample among the real ones
+    drawn = nn::sample(logits, corpus.vocab.size(), {.temperature = o.temperature, .top_k = o.top_k}, g, scratch);
   }
   std::printf("sample (temperature %.2f%s):\n%s\n", o.temperature,
               o.top_k ? (", top-k " + std::to_string(o.top_k)).c_str() : "", corpus.vocab.decode(out).c_str());
   std::printf("checkpoint: %s\n", o.checkpoint.c_str());
-  (void)unused;
   return 0;
+}
+
+int run_lstm(const Options& o, const data::Corpus& corpus) {
+  Generator gen(o.seed);
+  CharLSTM net(gen);
+  std::printf("model lstm: %zu parameters (embedding %zu x %zu, LSTM %zu, head %zu)\n", CharLSTM::num_params, V,
+              CharLSTM::E, CharLSTM::H, V);
+  constexpr std::size_t S = 2 * CharLSTM::H;
+  auto x = input<std::int64_t, Shape<dyn, dyn>>();  // [T, B]
+  auto y = input<std::int64_t, Shape<dyn, dyn>>();
+  auto h0 = input<float, Shape<1, dyn, S>>();
+  auto r = net.lstm(net.embed(x), h0);
+  auto logits = net.head(reshape<Shape<dyn, CharLSTM::H>>(r.out));  // [T * B, V]
+  Tensor<float, DynShape<3>> state_out;  // the final state, written by the forward pass
+  auto step = compile(nn::cross_entropy(logits, reshape<Shape<dyn>>(y)) + export_to(r.state, state_out));
+  auto next_logits = compile(logits + export_to(r.state, state_out) * 0.0f);  // generation: T = 1, B = 1
+  auto params = nn::parameters(net);
+  Tensor<float, Shape<1, dyn, S>> state;
+  data::Tokens tok({1, 1});
+  return train_and_sample(
+      o, corpus, net, params,
+      [&](const data::Tokens& xb, const data::Tokens& yb, bool training) {
+        const double l = step.forward(xb, yb, state).item();
+        std::copy_n(state_out.data(), state.size(), state.data());  // carried, detached (an input)
+        if (training) step.backward();
+        return l;
+      },
+      [&](std::size_t batch) {
+        state = Tensor<float, Shape<1, dyn, S>>({1, batch, S});
+        state.fill(0.0f);
+      },
+      [&](std::int64_t token) {
+        tok(0, 0) = token;
+        const float* lg = next_logits.forward(tok, state).data();
+        std::copy_n(state_out.data(), state.size(), state.data());
+        return lg;
+      });
+}
+
+/// Decoder-only Transformer: one pre-norm layer of width 128 with 4 heads, 128 positions, dropout 0.1
+/// (one layer: expression types are trees, so each residual layer multiplies the node count; see
+/// docs/design.md).
+using CharTransformer = nn::TransformerLM<V, 128, 4, 1, 128, 512, 100>;
+
+int run_transformer(const Options& o, const data::Corpus& corpus) {
+  if (o.bptt > CharTransformer::max_len)
+    throw shape_error("char_lm: --bptt " + std::to_string(o.bptt) + " is longer than the positional table (" +
+                      std::to_string(CharTransformer::max_len) + ")");
+  Generator gen(o.seed);
+  CharTransformer net(gen);
+  std::printf("model transformer: %zu parameters (%zu layer(s), width %zu, 4 heads, %zu positions)\n",
+              CharTransformer::num_params, CharTransformer::num_layers, CharTransformer::dim, CharTransformer::max_len);
+  auto x = input<std::int64_t, Shape<dyn, dyn>>();  // [B, T]: the [T, B] windows, transposed (a view)
+  auto y = input<std::int64_t, Shape<dyn, dyn>>();
+  auto pos = input<std::int64_t, Shape<dyn>>();
+  auto logits = net(x, pos);  // [B, T, V]
+  auto step = compile(nn::cross_entropy(reshape<Shape<dyn, V>>(logits), reshape<Shape<dyn>>(y)));
+  auto cache = net.make_cache(1);
+  auto lengths = input<std::int64_t, Shape<dyn>>();
+  auto decode = compile(net.decode(x, pos, lengths, cache));  // one token at a time against the KV cache
+  auto params = nn::parameters(net);
+  data::Tokens tok({1, 1});
+  Tensor<std::int64_t, Shape<dyn>> len({1});
+  return train_and_sample(
+      o, corpus, net, params,
+      [&](const data::Tokens& xb, const data::Tokens& yb, bool training) {
+        net.set_training(training);
+        const auto T = xb.dims()[0];
+        const double l = step.forward(xb.transpose(), yb.transpose(), CharTransformer::positions(T)).item();
+        if (training) step.backward();
+        return l;
+      },
+      [&](std::size_t) { cache.reset(); },
+      [&](std::int64_t token) {
+        if (cache.pos == CharTransformer::max_len) {  // the window is full: restart it from this token
+          cache.reset();
+        }
+        tok(0, 0) = token;
+        len(0) = std::int64_t(cache.pos + 1);
+        const float* lg = decode.forward(tok, CharTransformer::positions(1, cache.pos), len).data();
+        ++cache.pos;
+        return lg;
+      });
 }
 
 int main(int argc, char** argv) {
   Options o;
   CLI::App app{"Train a character-level language model on Debian's fortunes"};
-  app.add_option("--model", o.model, "network: lstm")->check(CLI::IsMember({"lstm"}));
+  app.add_option("--model", o.model, "network: lstm | transformer")->check(CLI::IsMember({"lstm", "transformer"}));
   app.add_option("--epochs", o.epochs, "epochs")->check(CLI::PositiveNumber);
   app.add_option("--batch", o.batch, "batch columns")->check(CLI::PositiveNumber);
   app.add_option("--bptt", o.bptt, "sequence length per step")->check(CLI::PositiveNumber);
@@ -164,7 +227,7 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "char_lm: the corpus has %zu distinct characters; the model holds %zu\n", corpus.vocab.size(), V);
       return 1;
     }
-    return run_lstm(o, corpus);
+    return o.model == "transformer" ? run_transformer(o, corpus) : run_lstm(o, corpus);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "char_lm: %s\n", e.what());
     return 1;

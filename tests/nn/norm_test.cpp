@@ -65,6 +65,8 @@ TEST_CASE("nn: LayerNorm matches PyTorch and passes finite differences") {
   nn::LayerNorm<5, double> lnd;
   auto xd = loom::testing::param<Shape<4, 5>>(61);
   loom::testing::gradcheck([&] { return lnd(xd); }, xd, lnd.weight, lnd.bias);
+  auto x3 = loom::testing::param<Shape<3, 2, 5>>(63);  // a strided (permuted) input of rank 3
+  loom::testing::gradcheck([&] { return lnd(permute<1, 0, 2>(x3)); }, x3, lnd.weight, lnd.bias);
 }
 
 TEST_CASE("nn: batch norm passes finite differences in training mode") {

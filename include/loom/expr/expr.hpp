@@ -93,8 +93,8 @@ class Input : public LeafBase<T, S, D> {
   Input() : d_(std::make_shared<Data>()) { d_->id = detail::next_input_id(); }
   /// Binds the tensor that the next forward reads (no copy: keep it alive until then).
   template <ShapeType S2>
+    requires(S2::rank == S::rank)  // (a tensor of another rank does not fit: Program::forward says which)
   void bind(const Tensor<T, S2, D>& t) const {
-    static_assert(S2::rank == S::rank, "loom::Input::bind: rank differs from the input's shape");
     check_dims<S>(t.dims(), "loom::Input::bind");
     d_->bound = Tensor<T, S, D>::wrap(t.data(), t.dims(), t.strides(), t.owner());
   }

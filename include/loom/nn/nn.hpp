@@ -9,3 +9,4 @@
 #include "sequential.hpp"
 #include "sampling.hpp"
 #include "recurrent.hpp"
+#include "transformer.hpp"

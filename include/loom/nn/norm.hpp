@@ -142,6 +142,97 @@ struct Dropout {
   }
 };
 
+/// Normalizes each row of the last axis:  y = xhat * gamma + beta,  xhat = (x - mu) * rstd
+///   dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)),  dxhat = g * gamma
+///   dgamma = sum over rows of g * xhat,  dbeta = sum over rows of g
+struct LayerNorm {
+  static constexpr Kind kind = Kind::kernel;
+  static constexpr bool differentiable = true;
+  static constexpr std::string_view name = "layer_norm";
+  template <class X, class G, class B>
+  using shape = X;
+  double eps = 1e-5;
+  template <std::size_t R>
+  Dims<R> dims(const Dims<R>& x, const Dims<1>& g, const Dims<1>& b) const {
+    if (x[R - 1] != g[0] || g != b)
+      throw shape_error("loom::nn::layer_norm: input " + to_string(x) + " and parameters " + to_string(g) + " disagree");
+    return x;
+  }
+  /// Mean and inverse standard deviation of every row.
+  template <std::size_t R>
+  std::size_t scratch(const Dims<R>& x, const Dims<1>&, const Dims<1>&) const { return 2 * numel(x) / std::max<std::size_t>(1, x[R - 1]); }
+  /// Calls f(row index, offset of the row's first element) over the leading axes.
+  template <class T, std::size_t R, class F>
+  static void rows(const loom::detail::View<T, R>& v, F&& f) {
+    Dims<R> d = v.dims;
+    d[R - 1] = 1;
+    std::size_t k = 0;
+    loom::detail::for_each_offset(d, v.strides, [&](std::ptrdiff_t off) { f(k++, off); });
+  }
+  /// Offset of row k (row-major over the leading axes).
+  template <class T, std::size_t R>
+  static std::ptrdiff_t row_offset(std::size_t k, const loom::detail::View<T, R>& v) {
+    std::ptrdiff_t off = 0;
+    for (std::size_t a = R - 1; a-- > 0;) {
+      off += static_cast<std::ptrdiff_t>(k % v.dims[a]) * v.strides[a];
+      k /= v.dims[a];
+    }
+    return off;
+  }
+  template <class T, std::size_t R>
+  void forward(const loom::detail::View<T, R>& out, const loom::detail::View<T, R>& x, const loom::detail::View<T, 1>& g,
+               const loom::detail::View<T, 1>& b, T* stats) const {
+    const std::size_t D = x.dims[R - 1];
+    const std::ptrdiff_t s = x.strides[R - 1];
+    rows(x, [&](std::size_t k, std::ptrdiff_t off) {
+      const T* row = x.data + off;
+      double mu = 0, var = 0;
+      for (std::size_t j = 0; j < D; ++j) mu += row[static_cast<std::ptrdiff_t>(j) * s];
+      mu /= double(D);
+      for (std::size_t j = 0; j < D; ++j) {
+        const double c = row[static_cast<std::ptrdiff_t>(j) * s] - mu;
+        var += c * c;
+      }
+      const T rstd = T(1 / std::sqrt(var / double(D) + eps));
+      stats[2 * k] = T(mu), stats[2 * k + 1] = rstd;
+      T* o = out.data + k * D;  // the kernel's own buffer is contiguous
+      for (std::size_t j = 0; j < D; ++j)
+        o[j] = (row[static_cast<std::ptrdiff_t>(j) * s] - T(mu)) * rstd * g.data[static_cast<std::ptrdiff_t>(j) * g.strides[0]] +
+               b.data[static_cast<std::ptrdiff_t>(j) * b.strides[0]];
+    });
+  }
+  template <class T, std::size_t R>
+  void backward(const loom::detail::View<T, R>& gy, const loom::detail::View<T, R>&,
+                const std::pair<loom::detail::View<T, R>, loom::detail::View<T, R>>& x,
+                const std::pair<loom::detail::View<T, 1>, loom::detail::View<T, 1>>& g,
+                const std::pair<loom::detail::View<T, 1>, loom::detail::View<T, 1>>& b, T* stats) const {
+    const std::size_t D = x.first.dims[R - 1];
+    const std::ptrdiff_t s = x.first.strides[R - 1], gs = gy.strides[R - 1], gw = g.first.strides[0];
+    rows(x.first, [&](std::size_t k, std::ptrdiff_t off) {
+      const T* row = x.first.data + off;
+      const T* grow = gy.data + row_offset(k, gy);
+      const T mu = stats[2 * k], rstd = stats[2 * k + 1];
+      double m1 = 0, m2 = 0;
+      for (std::size_t j = 0; j < D; ++j) {
+        const T xhat = (row[static_cast<std::ptrdiff_t>(j) * s] - mu) * rstd, gj = grow[static_cast<std::ptrdiff_t>(j) * gs];
+        const T dxhat = gj * g.first.data[static_cast<std::ptrdiff_t>(j) * gw];
+        m1 += dxhat, m2 += dxhat * xhat;
+        if (g.second.data) g.second.data[static_cast<std::ptrdiff_t>(j) * g.second.strides[0]] += gj * xhat;
+        if (b.second.data) b.second.data[static_cast<std::ptrdiff_t>(j) * b.second.strides[0]] += gj;
+      }
+      if (!x.second.data) return;
+      m1 /= double(D), m2 /= double(D);
+      T* drow = x.second.data + row_offset(k, x.second);
+      const std::ptrdiff_t ds = x.second.strides[R - 1];
+      for (std::size_t j = 0; j < D; ++j) {
+        const T xhat = (row[static_cast<std::ptrdiff_t>(j) * s] - mu) * rstd;
+        const T dxhat = grow[static_cast<std::ptrdiff_t>(j) * gs] * g.first.data[static_cast<std::ptrdiff_t>(j) * gw];
+        drow[static_cast<std::ptrdiff_t>(j) * ds] += rstd * (dxhat - T(m1) - xhat * T(m2));
+      }
+    });
+  }
+};
+
 }  // namespace ops
 
 /// Batch normalization over the channel axis 1 of [N, C] or [N, C, H, W] (PyTorch's defaults:
@@ -181,8 +272,9 @@ using BatchNorm1d = BatchNorm<C, T>;
 template <std::size_t C, class T = float>
 using BatchNorm2d = BatchNorm<C, T>;
 
-/// Layer normalization over the last axis: (x - mean) / sqrt(var + eps) * gamma + beta, written as
-/// loom expressions (so it fuses and differentiates like any other).
+/// Layer normalization over the last axis: (x - mean) / sqrt(var + eps) * gamma + beta, one fused
+/// kernel (the mean and inverse deviation of each row are kept for the backward; x is read once, so
+/// a residual stream feeding it stays one node of the expression).
 template <std::size_t D, class T = float>
 struct LayerNorm {
   static constexpr std::size_t in_features = D, out_features = D;
@@ -195,9 +287,9 @@ struct LayerNorm {
   explicit LayerNorm(Generator&) {}
   template <Expression X>
   auto operator()(const X& x) const {
-    auto centered = x - mean<-1>(x, keepdims);
-    auto var = mean<-1>(centered * centered, keepdims);
-    return centered / sqrt(var + eps) * weight + bias;
+    static_assert(shape_t<X>::extents[shape_t<X>::rank - 1] == D || shape_t<X>::extents[shape_t<X>::rank - 1] == dyn,
+                  "loom::nn::LayerNorm: the input's last extent differs from the normalized size");
+    return make_node(ops::LayerNorm{eps}, x, weight, bias);
   }
   template <class F>
   void visit(F&& f, const std::string& prefix) const {
