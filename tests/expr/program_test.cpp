@@ -219,3 +219,16 @@ TEST_CASE("program: large fused loops (packets, OpenMP rows, broadcast reduction
   for (std::size_t j = 0; j < 200; j += 37) CHECK(b.grad()(j) == doctest::Approx(db[j]).epsilon(1e-4));
   for (std::size_t i = 0; i < 300; i += 41) CHECK(c.grad()(i, 0) == doctest::Approx(dc[i]).epsilon(1e-4));
 }
+
+TEST_CASE("program: reshaping an input bound to a strided view copies it in row-major order") {
+  auto x = input<float, Shape<dyn, dyn>>();
+  auto p = compile(reshape<Shape<dyn>>(x) * 1.0f);
+  Tensor<float, Shape<dyn, dyn>> t({2, 3});
+  for (std::size_t i = 0; i < 6; ++i) t.data()[i] = float(i);
+  const auto plain = p.forward(t).clone();
+  CHECK(plain(1) == 1.0f);
+  const auto tr = p.forward(t.transpose()).clone();  // [3, 2]: rows (0 3) (1 4) (2 5)
+  REQUIRE(tr.size() == 6);
+  const float want[] = {0, 3, 1, 4, 2, 5};
+  for (std::size_t i = 0; i < 6; ++i) CHECK(tr(i) == want[i]);
+}

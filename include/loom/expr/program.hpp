@@ -442,7 +442,9 @@ class Program {
     if constexpr (requires { e.op.needs_contiguous; }) {
       using C = detail::child_t<E, 0>;
       constexpr std::size_t cs = Base + C::node_count - 1;
-      return C::kind == Kind::view && !detail::value_view<value_t<C>, shape_t<C>::rank>(slots_[cs]).contiguous();
+      // a view node or a leaf bound to a strided tensor (an input given a transposed view)
+      return (C::kind == Kind::view || C::kind == Kind::leaf) &&
+             !detail::value_view<value_t<C>, shape_t<C>::rank>(slots_[cs]).contiguous();
     } else {
       return false;
     }
