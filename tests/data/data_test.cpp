@@ -339,3 +339,10 @@ TEST_CASE("data: an MLP learns on a slice of Fashion-MNIST (end to end)") {
   CHECK(after > 0.75);
   CHECK(after > before + 0.4);
 }
+
+TEST_CASE("data: MNIST reads the same IDX layout from a folder the caller names") {
+  const auto ds = data::MNIST::test(data::FashionMNIST::default_dir);  // same file names and format
+  CHECK(ds.images.dims() == Dims<4>{10000, 1, 28, 28});
+  CHECK_THROWS_WITH_AS(data::MNIST::train("/nonexistent/mnist"),
+                       doctest::Contains("/nonexistent/mnist/train-images-idx3-ubyte.gz does not exist"), data::data_error);
+}

@@ -117,4 +117,14 @@ struct FashionMNIST {
   }
 };
 
+/// MNIST (the same four IDX file names; Debian ships no MNIST package, so the folder is the caller's).
+struct MNIST {
+  static ImageDataset train(const std::string& dir) {
+    return load_idx_pair(dir + "/train-images-idx3-ubyte.gz", dir + "/train-labels-idx1-ubyte.gz");
+  }
+  static ImageDataset test(const std::string& dir) {
+    return load_idx_pair(dir + "/t10k-images-idx3-ubyte.gz", dir + "/t10k-labels-idx1-ubyte.gz");
+  }
+};
+
 }  // namespace loom::data
