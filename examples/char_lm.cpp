@@ -7,6 +7,8 @@
 #include <loom/data/data.hpp>
 #include <loom/loom.hpp>
 
+#include "progress.hpp"
+
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -16,7 +18,6 @@
 #endif
 
 using namespace loom;
-using Clock = std::chrono::steady_clock;
 
 constexpr std::size_t V = 128;  // vocabulary capacity (the fortunes corpus uses 109 characters)
 
@@ -76,13 +77,7 @@ int train_and_sample(const Options& o, const data::Corpus& corpus, Net& net, std
       opt.options().lr = optim::cosine_lr(o.lr, std::size_t(epoch - 1) * steps + n, steps * std::size_t(o.epochs), 20);
       opt.step();
       opt.zero_grad();
-      if (++n % 10 == 0 || n == steps) {
-        const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
-        const int width = 30, done = int(width * n / steps);
-        std::printf("\repoch %d [%s%s] %zu/%zu  %.1f batch/s  loss %.4f", epoch, std::string(done, '=').c_str(),
-                    std::string(width - done, ' ').c_str(), n, steps, double(n) / secs, total / double(tokens));
-        std::fflush(stdout);
-      }
+      if (++n % 10 == 0 || n == steps) progress(epoch, n, steps, t0, total / double(tokens));
     }
     return total / double(tokens);
   };
@@ -178,12 +173,17 @@ int run_transformer(const Options& o, const data::Corpus& corpus) {
   auto params = nn::parameters(net);
   data::Tokens tok({1, 1});
   Tensor<std::int64_t, Shape<dyn>> len({1});
+  // positions 0 .. max_len - 1, built once; each step binds a view of them (no allocation per step)
+  const auto all_positions = CharTransformer::positions(CharTransformer::max_len);
+  auto positions = [&](std::size_t n, std::size_t start) {
+    return Tensor<std::int64_t, Shape<dyn>>::wrap(all_positions.data() + start, {n});
+  };
   return train_and_sample(
       o, corpus, net, params,
       [&](const data::Tokens& xb, const data::Tokens& yb, bool training) {
         net.set_training(training);
         const auto T = xb.dims()[0];
-        const double l = step.forward(xb.transpose(), yb.transpose(), CharTransformer::positions(T)).item();
+        const double l = step.forward(xb.transpose(), yb.transpose(), positions(T, 0)).item();
         if (training) step.backward();
         return l;
       },
@@ -194,7 +194,7 @@ int run_transformer(const Options& o, const data::Corpus& corpus) {
         }
         tok(0, 0) = token;
         len(0) = std::int64_t(cache.pos + 1);
-        const float* lg = decode.forward(tok, CharTransformer::positions(1, cache.pos), len).data();
+        const float* lg = decode.forward(tok, positions(1, cache.pos), len).data();
         ++cache.pos;
         return lg;
       });

@@ -5,6 +5,8 @@
 #include <loom/data/data.hpp>
 #include <loom/loom.hpp>
 
+#include "progress.hpp"
+
 #include <chrono>
 #include <cstdio>
 #include <variant>
@@ -14,7 +16,6 @@
 #endif
 
 using namespace loom;
-using Clock = std::chrono::steady_clock;
 
 using MLP = nn::Sequential<nn::Flatten, nn::Linear<784, 256>, nn::ReLU, nn::Linear<256, 128>, nn::ReLU,
                            nn::Linear<128, 10>>;
@@ -117,13 +118,7 @@ int train(const Options& o) {
       step.backward();
       const double lr = o.schedule == "cosine" ? optim::cosine_lr(o.lr, global_step++, total_steps) : o.lr;
       std::visit([lr](auto& op) { op.options().lr = lr; op.step(); op.zero_grad(); }, opt);
-      if (++n % 25 == 0 || n == loader.size()) {
-        const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
-        const int width = 30, done = int(width * n / loader.size());
-        std::printf("\repoch %d [%s%s] %zu/%zu  %.0f batch/s  loss %.4f", epoch, std::string(done, '=').c_str(),
-                    std::string(width - done, ' ').c_str(), n, loader.size(), n / secs, total / n);
-        std::fflush(stdout);
-      }
+      if (++n % 25 == 0 || n == loader.size()) progress(epoch, n, loader.size(), t0, total / double(n));
     }
     const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
     const auto [test_loss, acc] = evaluate();
