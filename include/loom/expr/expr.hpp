@@ -245,4 +245,42 @@ struct is_node : std::false_type {};
 template <class Op, class... A>
 struct is_node<Node<Op, A...>> : std::true_type {};
 
+/// A leaf standing for the value of the let whose definition has hash Def (the hash keeps references
+/// to different definitions different types, so unrelated blocks still fuse their own elementwise work).
+template <Dtype T, ShapeType S, std::uint64_t Def, Device D, bool RequiresGrad, bool Aliases>
+struct LetRef : LeafBase<T, S, D> {
+  static constexpr bool requires_grad = RequiresGrad;
+  static constexpr bool grad_aliases = Aliases;
+  std::size_t id = 0;  ///< the let this refers to
+  std::size_t identity() const { return id; }
+};
+
+template <class E>
+struct is_let_ref : std::false_type {};
+template <class T, class S, std::uint64_t H, class D, bool G, bool A>
+struct is_let_ref<LetRef<T, S, H, D, G, A>> : std::true_type {};
+
+namespace ops {
+/// let(definition, body): the value (and gradient) of the body. The program evaluates the definition
+/// first (it is child 0), makes every LetRef with this id read the definition's slot, then the body;
+/// in backward the body's contributions reach the definition's gradient before the definition's own
+/// backward runs (children are walked in reverse).
+struct Let {
+  static constexpr std::string_view name = "let";
+  static constexpr Kind kind = Kind::view;
+  static constexpr bool differentiable = true;
+  std::size_t id = 0;
+  template <ShapeType SX, ShapeType SB>
+  using shape = SB;
+  template <class X, class B>
+  using value_type = typename B::value_type;
+  bool operator==(const Let&) const = default;
+};
+}  // namespace ops
+
+template <class E>
+struct is_let : std::false_type {};
+template <class X, class B>
+struct is_let<Node<ops::Let, X, B>> : std::true_type {};
+
 }  // namespace loom

@@ -37,20 +37,6 @@ struct type_hash<Node<Op, A...>> {
   }();
 };
 
-struct NodeFacts {
-  std::uint64_t tag = 0;
-  std::size_t rank = 0;
-  Kind kind = Kind::leaf;
-};
-
-template <class E>
-constexpr void collect_facts(NodeFacts* out, std::size_t& i) {
-  if constexpr (is_node<E>::value)
-    [&]<class Op, class... A>(std::type_identity<Node<Op, A...>>) { (collect_facts<A>(out, i), ...); }(
-        std::type_identity<E>{});
-  out[i++] = NodeFacts{type_hash<E>::value, E::shape_type::rank, E::kind};
-}
-
 template <class E>
 struct child_types;
 template <class Op, class... A>
@@ -59,6 +45,32 @@ struct child_types<Node<Op, A...>> {
 };
 template <class E, std::size_t I>
 using child_t = std::tuple_element_t<I, typename child_types<E>::type>;
+
+struct NodeFacts {
+  std::uint64_t tag = 0;
+  std::size_t rank = 0;
+  Kind kind = Kind::leaf;
+  bool grad_aliases = false;  ///< gradient storage may overlap itself (rows must not run in parallel)
+};
+
+/// Whether a node's gradient storage may alias itself (a broadcast view): then gradient rows must not
+/// be written from several threads. A let's gradient is its body's.
+template <class E>
+constexpr bool grad_aliases() {
+  if constexpr (requires { E::grad_aliases; }) return E::grad_aliases;
+  else if constexpr (is_let<E>::value) return grad_aliases<child_t<E, 1>>();
+  else return E::kind == Kind::view;
+}
+
+
+template <class E>
+constexpr void collect_facts(NodeFacts* out, std::size_t& i) {
+  if constexpr (is_node<E>::value)
+    [&]<class Op, class... A>(std::type_identity<Node<Op, A...>>) { (collect_facts<A>(out, i), ...); }(
+        std::type_identity<E>{});
+  out[i++] = NodeFacts{type_hash<E>::value, E::shape_type::rank, E::kind, grad_aliases<E>()};
+}
+
 
 /// Post-order facts about the tree rooted at Root.
 template <class Root>

@@ -10,6 +10,7 @@
 #include "../backend/cpu/fused.hpp"
 #include "../ops/elementwise.hpp"
 #include "graph.hpp"
+#include "let.hpp"
 #include "slots.hpp"
 
 namespace loom {
@@ -74,6 +75,7 @@ class Program {
     for (std::size_t i = 0; i < N; ++i) slots_[i].canon = i;
     stats_.nodes = N;
     index<0, Root, false>(*root_);
+    resolve_lets();
     dedupe<0, Root, false>(*root_);
     std::vector<std::pair<std::size_t, std::size_t>> ids;  // (input id, slot) of distinct inputs
     for (std::size_t s = 0; s < N; ++s)
@@ -224,6 +226,7 @@ class Program {
         index<CB, C, CI>(c);
         in.children.push_back(slot_of<CB, C>);
       });
+      if constexpr (is_let<E>::value) let_defs_.emplace_back(e.op.id, in.children[0]);
     } else if constexpr (detail::is_param<E>::value) {
       in.name = "param";
     } else if constexpr (detail::is_input<E>::value) {
@@ -231,12 +234,35 @@ class Program {
       input_id_[s] = e.id();
     } else if constexpr (detail::is_constant<E>::value) {
       in.name = "constant";
+    } else if constexpr (is_let_ref<E>::value) {
+      in.name = "ref";
+      let_ref_[s] = e.id;
     } else {
       in.name = "scalar";
     }
     if constexpr (Inl) {
       ++stats_.fused_nodes;
     }
+  }
+  /// Points every let reference at its definition: the nearest earlier definition with its id (a let
+  /// copied into two places of one expression is defined twice; each copy's body follows its own).
+  void resolve_lets() {
+    for (std::size_t s = 0; s < N; ++s) {
+      if (let_ref_[s] == none) continue;
+      std::size_t def = none;
+      for (const auto& [id, slot] : let_defs_)
+        if (id == let_ref_[s] && slot < s && (def == none || slot > def)) def = slot;
+      if (def == none)
+        throw std::logic_error("loom::compile: a let reference is used outside the let that defines it");
+      let_ref_[s] = def;
+      info_[s].children = {def};
+    }
+  }
+  /// A let reference reads its definition's record (value, gradient, extents, strides).
+  void copy_view_rec(std::size_t to, std::size_t from) {
+    const auto keep = slots_[to].canon;
+    slots_[to] = slots_[from];
+    slots_[to].canon = keep;
   }
   template <std::size_t Base, class E, bool Inl>
   void dedupe(const E& e) {
@@ -351,6 +377,8 @@ class Program {
     using T = value_t<E>;
     each_child<Base>(e, [&]<std::size_t CB, class C, bool CI>(const C& c) { dims_pass<CB, C, CI>(c, reserve, grads); });
     if constexpr (E::kind == Kind::leaf) {
+      if constexpr (is_let_ref<E>::value)
+        if (!grads) copy_view_rec(s, let_ref_[s]);
       return;
     } else {
       auto& r = slots_[s];
@@ -362,7 +390,9 @@ class Program {
         }
         return;
       }
-      if constexpr (E::kind == Kind::view) {
+      if constexpr (is_let<E>::value) {
+        if (!grads) copy_view_rec(s, Base + E::child_offset[1] + detail::child_t<E, 1>::node_count - 1);
+      } else if constexpr (E::kind == Kind::view) {
         if (!grads) {
           using C = detail::child_t<E, 0>;
           auto in = detail::value_view<T, shape_t<C>::rank>(slots_[Base + C::node_count - 1]);
@@ -491,7 +521,9 @@ class Program {
     using T = value_t<E>;
     each_child<Base>(e, [&]<std::size_t CB, class C, bool CI>(const C& c) { fwd<CB, C, CI>(c); });
     auto& r = slots_[s];
-    if constexpr (E::kind == Kind::leaf || Inl) {
+    if constexpr (is_let_ref<E>::value) {
+      copy_view_rec(s, let_ref_[s]);
+    } else if constexpr (E::kind == Kind::leaf || Inl) {
       return;
     } else {
       if (r.canon != s) {
@@ -511,6 +543,8 @@ class Program {
                                                                                       bind_self<Base>(e), slots_.data(), d));
       } else if constexpr (E::kind == Kind::reduce) {
         reduce_forward<Base>(e);
+      } else if constexpr (is_let<E>::value) {
+        copy_view_rec(s, Base + E::child_offset[1] + detail::child_t<E, 1>::node_count - 1);
       } else if constexpr (E::kind == Kind::view) {
         view_forward<Base>(e);
       } else {
@@ -631,7 +665,7 @@ class Program {
   }
   /// Gradient rows may run on several threads only when they land in owned buffers (not views).
   template <std::size_t Slot, class GE>
-  static constexpr bool owned_grad(const detail::GradTo<Slot, GE>&) { return G::facts[Slot].kind != Kind::view; }
+  static constexpr bool owned_grad(const detail::GradTo<Slot, GE>&) { return !G::facts[Slot].grad_aliases; }
   template <std::size_t R, std::size_t Slot, class GE>
   auto make_grad_out(const detail::GradTo<Slot, GE>& o, const Dims<R>& d) const {
     using T = value_t<GE>;
@@ -753,6 +787,8 @@ class Program {
     return a;
   }();
   std::array<std::size_t, N> input_pos_{};
+  std::array<std::size_t, N> let_ref_ = input_id_;                // a let reference's definition slot
+  std::vector<std::pair<std::size_t, std::size_t>> let_defs_;      // (let id, definition slot)
   std::size_t num_inputs_ = 0;
   std::shared_ptr<std::byte> arena_;
   std::size_t capacity_ = 0, adj_begin_ = 0, adj_end_ = 0;

@@ -13,6 +13,7 @@
 #include <array>
 #include <memory>
 
+#include "../expr/let.hpp"
 #include "../ops/attention.hpp"
 #include "../ops/index.hpp"
 #include "init.hpp"
@@ -153,23 +154,25 @@ struct TransformerLayer {
     if constexpr (DropPerMille == 0) return x;
     else return d(x);
   }
-  template <Expression X>
-  auto mlp(const X& y) const { return drop(dropout2, linear2(gelu(linear1(norm2(y))))); }
+  /// x + attention branch, then y + MLP branch; each residual input is a `let`, so the expression
+  /// type holds it once (a stack of layers grows linearly, not exponentially, in node count).
+  template <Expression X, class Attend>
+  auto residuals(const X& x, Attend&& attend) const {
+    auto y = let(x, [&](auto r) { return r + attend(norm1(r)); });
+    return let(y, [&](auto r) { return r + drop(dropout2, linear2(gelu(linear1(norm2(r))))); });
+  }
   template <Expression X>
   auto operator()(const X& x) const {
-    auto y = x + drop(dropout1, self_attn(norm1(x)));
-    return y + mlp(y);
+    return residuals(x, [&](const auto& h) { return drop(dropout1, self_attn(h)); });
   }
   template <Expression X, Expression L>
   auto operator()(const X& x, const L& key_lengths) const {
-    auto y = x + drop(dropout1, self_attn(norm1(x), key_lengths));
-    return y + mlp(y);
+    return residuals(x, [&](const auto& h) { return drop(dropout1, self_attn(h, key_lengths)); });
   }
   template <std::size_t MaxT, Expression X, Expression L>
   auto cached(const X& x, const L& lengths, Tensor<T, DynShape<3>>& k, Tensor<T, DynShape<3>>& v, const std::size_t* pos,
               std::shared_ptr<loom::ops::AttentionState> st) const {
-    auto y = x + self_attn.template cached<MaxT>(norm1(x), lengths, k, v, pos, std::move(st));
-    return y + linear2(gelu(linear1(norm2(y))));
+    return residuals(x, [&](const auto& h) { return self_attn.template cached<MaxT>(h, lengths, k, v, pos, st); });
   }
 };
 
