@@ -149,10 +149,8 @@ int run_lstm(const Options& o, const data::Corpus& corpus) {
       });
 }
 
-/// Decoder-only Transformer: one pre-norm layer of width 128 with 4 heads, 128 positions, dropout 0.1
-/// (one layer: expression types are trees, so each residual layer multiplies the node count; see
-/// docs/design.md).
-using CharTransformer = nn::TransformerLM<V, 128, 4, 1, 128, 512, 100>;
+/// Decoder-only Transformer: 2 pre-norm layers of width 128 with 4 heads, 128 positions, dropout 0.1.
+using CharTransformer = nn::TransformerLM<V, 128, 4, 2, 128, 512, 100>;
 
 int run_transformer(const Options& o, const data::Corpus& corpus) {
   if (o.bptt > CharTransformer::max_len)

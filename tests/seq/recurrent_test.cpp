@@ -152,3 +152,81 @@ TEST_CASE("scan: run-time sequence length, and truncated BPTT with a carried sta
   Tensor<float, Shape<1, dyn, 2 * H>> wrong_batch({1, B + 1, 2 * H});
   CHECK_THROWS_WITH_AS(seq.forward(xs, wrong_batch), doctest::Contains("does not match input"), shape_error);
 }
+
+namespace {
+/// A cell module iterated by the generic loom::scan, shaped like nn::RNN/LSTM/GRU (one layer,
+/// time-first, h0 [1, B, S]) so that it runs against the same torch cases.
+template <class Cell>
+struct CellScan {
+  static constexpr std::size_t in_features = Cell::in_features, out_features = Cell::out_features;
+  static constexpr std::size_t num_layers = 1, state_size = Cell::state_size, num_params = Cell::num_params;
+  static constexpr bool batch_first = false;
+  Cell cell;
+  explicit CellScan(Generator& g) : cell(g) {}
+  template <class F>
+  void visit(F&& f, const std::string& prefix) const {
+    cell.visit([&](const std::string& n, const auto& p) { f(n + "_l0", p); }, prefix);
+  }
+  template <Expression X, Expression H0>
+  auto operator()(const X& x, const H0& h0) const {
+    auto states = cell.scan(x, reshape<Shape<dyn, state_size>>(h0));
+    auto h = narrow<2, 0, out_features>(states);
+    auto last = slice<0>(states, -1, std::numeric_limits<std::ptrdiff_t>::max());
+    return nn::RecurrentOutput<decltype(h), decltype(last)>{h, last};
+  }
+};
+}  // namespace
+
+TEST_CASE("scan over expression cells: nn::RNNCell / LSTMCell / GRUCell match torch.nn.RNN / LSTM / GRU") {
+  check_module<CellScan<nn::RNNCell<4, 6>>, 5, 3>("rnn_tanh");
+  check_module<CellScan<nn::RNNReLUCell<4, 6>>, 5, 3>("rnn_relu");
+  check_module<CellScan<nn::LSTMCell<4, 6>>, 5, 3>("lstm");
+  check_module<CellScan<nn::GRUCell<4, 6>>, 5, 3>("gru");
+  // PyTorch's cell parameter names
+  Generator g(0);
+  nn::GRUCell<4, 6> cell(g);
+  std::vector<std::string> names;
+  for (const auto& p : nn::parameters(cell)) names.push_back(p.name);
+  CHECK(names == std::vector<std::string>{"weight_ih", "weight_hh", "bias_ih", "bias_hh"});
+}
+
+TEST_CASE("scan over expression cells: finite-difference checks, a user-written cell, shape errors") {
+  constexpr std::size_t T = 4, B = 2, I = 3, H = 3;
+  auto x = param<Shape<T, B, I>>(41);
+  Generator g(5);
+  SUBCASE("built-in cells as expressions") {
+    nn::LSTMCell<I, H, double> lstm(g);
+    auto h0 = param<Shape<B, 2 * H>>(42);
+    gradcheck([&] { return lstm.scan(x, h0); }, x, h0, lstm.weight_ih, lstm.weight_hh, lstm.bias_ih, lstm.bias_hh);
+    nn::GRUCell<I, H, double> gru(g);
+    auto s0 = param<Shape<B, H>>(43);
+    gradcheck([&] { return gru.scan(permute<1, 0, 2>(param<Shape<B, T, I>>(44)) * 1.0 + x, s0); }, x, s0, gru.weight_hh);
+  }
+  SUBCASE("a user-written cell reading its own parameters") {
+    auto w = param<Shape<I, H>>(45), u = param<Shape<H, H>>(46);
+    auto h0 = param<Shape<B, H>>(47);
+    // a minimal gated unit: f = sigmoid(x W + h U), h' = f * h + (1 - f) * tanh(x W)
+    auto cell = [&](const auto& xt, const auto& h) {
+      return let(matmul(xt, w), [&](auto xw) {
+        return let(sigmoid(xw + matmul(h, u)), [&](auto f) { return f * h + (1.0 - f) * tanh(xw); });
+      });
+    };
+    gradcheck([&] { return scan(cell, x, h0); }, x, h0, w, u);
+    // the sequence length is a run-time extent: one compiled program, two lengths
+    auto xs = input<double, Shape<dyn, B, I>>();
+    auto p = compile(sum(scan(cell, xs, h0)));
+    Tensor<double, Shape<dyn, B, I>> a({2, B, I}), b({7, B, I});
+    a.fill(0.5), b.fill(0.5);
+    const double two = p.forward(a).item(), seven = p.forward(b).item();
+    CHECK(std::isfinite(two));
+    CHECK(seven != doctest::Approx(two));
+  }
+  SUBCASE("a batch that does not fit the initial state is a shape error") {
+    nn::RNNCell<I, H, double> rnn(g);
+    auto xs = input<double, Shape<T, dyn, I>>();
+    auto p = compile(sum(rnn.scan(xs, Constant<double, Shape<dyn, H>>(Tensor<double, Shape<dyn, H>>({3, H})))));
+    Tensor<double, Shape<T, dyn, I>> xb({T, 2, I});
+    xb.fill(0.1);
+    CHECK_THROWS_AS(p.forward(xb), shape_error);
+  }
+}

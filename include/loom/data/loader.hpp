@@ -144,7 +144,7 @@ class Loader {
     const std::size_t per = ds_->sample_size();
     const auto& d = ds_->images.dims();
     // the sample as [C, H, W] for the transforms
-    const std::size_t w = d[R - 1], h = R >= 3 ? d[R - 2] : 1, c = per / (w * h ? w * h : 1);
+    const std::size_t w = d[R - 1], h = R >= 3 ? d[R - 2] : 1, c = per / std::max<std::size_t>(w * h, 1);
     Generator rng;
     for (std::size_t k = 0; k < n; ++k) {
       const std::size_t src = order_[start + k];

@@ -113,6 +113,36 @@ class Input : public LeafBase<T, S, D> {
 template <Dtype T, ShapeType S, Device D = cpu>
 Input<T, S, D> input() { return {}; }
 
+/// A placeholder bound at run time to a value AND a gradient tensor (both caller-owned): like an Input,
+/// but the program's backward adds d(sum of root)/d(value) into the bound gradient. What a sub-program
+/// (a scan cell) needs to hand gradients back to its caller.
+template <Dtype T, ShapeType S, Device D = cpu>
+class Variable : public LeafBase<T, S, D> {
+ public:
+  static constexpr bool requires_grad = true;
+  Variable() : d_(std::make_shared<Data>()) {}
+  /// Binds the value and the gradient (same extents; no copies: keep both alive until backward).
+  template <ShapeType S2, ShapeType S3>
+    requires(S2::rank == S::rank && S3::rank == S::rank)
+  void bind(const Tensor<T, S2, D>& value, const Tensor<T, S3, D>& grad) const {
+    check_dims<S>(value.dims(), "loom::Variable::bind");
+    if (grad.dims() != value.dims())
+      throw shape_error("loom::Variable::bind: gradient " + to_string(grad.dims()) + " does not match value " +
+                        to_string(value.dims()));
+    d_->value = Tensor<T, S, D>::wrap(value.data(), value.dims(), value.strides(), value.owner());
+    d_->grad = Tensor<T, S, D>::wrap(grad.data(), grad.dims(), grad.strides(), grad.owner());
+  }
+  const Tensor<T, S, D>& value() const { return d_->value; }
+  const Tensor<T, S, D>& grad() const { return d_->grad; }
+  const void* identity() const { return d_.get(); }
+
+ private:
+  struct Data {
+    Tensor<T, S, D> value, grad;
+  };
+  std::shared_ptr<Data> d_;
+};
+
 /// A tensor whose value the program reads but never differentiates.
 template <Dtype T, ShapeType S, Device D = cpu>
 class Constant : public LeafBase<T, S, D> {

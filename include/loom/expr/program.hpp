@@ -26,6 +26,10 @@ struct is_param : std::false_type {};
 template <class T, class S, class D>
 struct is_param<Param<T, S, D>> : std::true_type {};
 template <class T>
+struct is_variable : std::false_type {};
+template <class T, class S, class D>
+struct is_variable<Variable<T, S, D>> : std::true_type {};
+template <class T>
 struct is_constant : std::false_type {};
 template <class T, class S, class D>
 struct is_constant<Constant<T, S, D>> : std::true_type {};
@@ -234,6 +238,8 @@ class Program {
       input_id_[s] = e.id();
     } else if constexpr (detail::is_constant<E>::value) {
       in.name = "constant";
+    } else if constexpr (detail::is_variable<E>::value) {
+      in.name = "variable";
     } else if constexpr (is_let_ref<E>::value) {
       in.name = "ref";
       let_ref_[s] = e.id;
@@ -272,7 +278,7 @@ class Program {
       if constexpr (CI) info_[slot_of<CB, C>].fused_into = s;
     });
     if constexpr (G::template shared<E>) {
-      for (std::size_t t = 0; t < s; ++t) {
+      for (std::size_t t = E::node_count - 1; t < s; ++t) {  // an equal subtree ends at t >= its size - 1
         if (rt_tag_[t] != &detail::type_tag<E> || slots_[t].canon != t) continue;
         if (same<E>(*static_cast<const E*>(node_[t]), t + 1 - E::node_count, e, Base)) {
           slots_[s].canon = t;
@@ -344,6 +350,13 @@ class Program {
       for (std::size_t i = 0; i < R; ++i)
         changed = changed || r.dims[i] != t.dims()[i] || r.strides[i] != t.strides()[i];
       set_rec<R>(r, t.data(), static_cast<value_t<E>*>(nullptr), t.dims(), t.strides());
+    } else if constexpr (detail::is_variable<E>::value) {
+      const auto& t = e.value();
+      if (!t.data() && t.size()) throw shape_error("loom::Program::forward: a variable was not bound");
+      for (std::size_t i = 0; i < R; ++i)
+        changed = changed || r.dims[i] != t.dims()[i] || r.strides[i] != t.strides()[i];
+      set_rec<R>(r, t.data(), e.grad().data(), t.dims(), t.strides());
+      for (std::size_t i = 0; i < R; ++i) r.adj_strides[i] = e.grad().strides()[i];
     }
   }
 

@@ -11,7 +11,11 @@
 #include <array>
 #include <cmath>
 
+#include "../expr/let.hpp"
+#include "../ops/elementwise.hpp"
+#include "../ops/matmul.hpp"
 #include "../ops/recurrent.hpp"
+#include "../ops/scan_cell.hpp"
 #include "../ops/shape.hpp"
 #include "module.hpp"
 
@@ -21,6 +25,30 @@ template <class X, class State>
 struct RecurrentOutput {
   X out;
   State state;
+};
+
+/// One layer's (or one cell's) weights in PyTorch's layout: weight_ih [G*H, In], weight_hh [G*H, H],
+/// bias_ih, bias_hh [G*H], all ~ U(-1/sqrt(H), 1/sqrt(H)).
+template <std::size_t G, std::size_t In, std::size_t H, class T>
+struct CellParams {
+  Param<T, Shape<G * H, In>> weight_ih;
+  Param<T, Shape<G * H, H>> weight_hh;
+  Param<T, Shape<G * H>> bias_ih, bias_hh;
+  void init(Generator& g) {
+    const double k = 1.0 / std::sqrt(double(H));
+    weight_ih.value().assign(uniform<T, Shape<G * H, In>>(g, -k, k));
+    weight_hh.value().assign(uniform<T, Shape<G * H, H>>(g, -k, k));
+    bias_ih.value().assign(uniform<T, Shape<G * H>>(g, -k, k));
+    bias_hh.value().assign(uniform<T, Shape<G * H>>(g, -k, k));
+  }
+  /// Names as PyTorch: prefix + "weight_ih" + suffix ("_l0" in a multi-layer module, "" in a cell).
+  template <class F>
+  void visit(F&& f, const std::string& prefix, const std::string& suffix) const {
+    f(prefix + "weight_ih" + suffix, weight_ih);
+    f(prefix + "weight_hh" + suffix, weight_hh);
+    f(prefix + "bias_ih" + suffix, bias_ih);
+    f(prefix + "bias_hh" + suffix, bias_hh);
+  }
 };
 
 template <class Cell, std::size_t I, std::size_t H, std::size_t Layers = 1, bool BatchFirst = false, class T = float>
@@ -33,26 +61,7 @@ struct Recurrent {
   static constexpr std::string_view name = Cell::name;
 
   template <std::size_t In>
-  struct Layer {
-    Param<T, Shape<G * H, In>> weight_ih;
-    Param<T, Shape<G * H, H>> weight_hh;
-    Param<T, Shape<G * H>> bias_ih, bias_hh;
-    void init(Generator& g) {
-      const double k = 1.0 / std::sqrt(double(H));
-      weight_ih.value().assign(uniform<T, Shape<G * H, In>>(g, -k, k));
-      weight_hh.value().assign(uniform<T, Shape<G * H, H>>(g, -k, k));
-      bias_ih.value().assign(uniform<T, Shape<G * H>>(g, -k, k));
-      bias_hh.value().assign(uniform<T, Shape<G * H>>(g, -k, k));
-    }
-    template <class F>
-    void visit(F&& f, const std::string& prefix, std::size_t l) const {
-      const std::string n = std::to_string(l);
-      f(prefix + "weight_ih_l" + n, weight_ih);
-      f(prefix + "weight_hh_l" + n, weight_hh);
-      f(prefix + "bias_ih_l" + n, bias_ih);
-      f(prefix + "bias_hh_l" + n, bias_hh);
-    }
-  };
+  using Layer = CellParams<G, In, H, T>;
   Layer<I> first;
   std::array<Layer<H>, Layers - 1> rest;
 
@@ -62,8 +71,8 @@ struct Recurrent {
   }
   template <class F>
   void visit(F&& f, const std::string& prefix) const {
-    first.visit(f, prefix, 0);
-    for (std::size_t l = 0; l + 1 < Layers; ++l) rest[l].visit(f, prefix, l + 1);
+    first.visit(f, prefix, "_l0");
+    for (std::size_t l = 0; l + 1 < Layers; ++l) rest[l].visit(f, prefix, "_l" + std::to_string(l + 1));
   }
 
   /// x [T, B, I] (BatchFirst: [B, T, I]) and h0 [Layers, B, S].
@@ -108,5 +117,75 @@ template <std::size_t I, std::size_t H, std::size_t Layers = 1, bool BatchFirst 
 using LSTM = Recurrent<cells::LSTM, I, H, Layers, BatchFirst, T>;
 template <std::size_t I, std::size_t H, std::size_t Layers = 1, bool BatchFirst = false, class T = float>
 using GRU = Recurrent<cells::GRU, I, H, Layers, BatchFirst, T>;
+
+
+/// One step of a recurrent cell as an expression, with PyTorch's RNNCell / LSTMCell / GRUCell parameter
+/// names (weight_ih, weight_hh, bias_ih, bias_hh), layouts, gate orders and init:
+///   auto h1 = cell(x, h);          // x [B, I], state [B, S] -> next state [B, S]
+///   auto hs = cell.scan(x_seq, h0) // the cell iterated over x_seq [T, B, I] (loom::scan): [T, B, S]
+/// The LSTM cell's state is h and c side by side (S = 2H), as in nn::LSTM; h_of / c_of take them apart.
+/// nn::RNN/LSTM/GRU run the same math through hand-fused kernels; cells are for custom loops and as
+/// the reference those kernels are checked against.
+template <class Kind, std::size_t I, std::size_t H, class T = float>
+struct RecurrentCell : CellParams<Kind::gates, I, H, T> {
+  static constexpr std::size_t G = Kind::gates, S = Kind::state * H;
+  static constexpr std::size_t in_features = I, out_features = H, state_size = S;
+  static constexpr std::size_t num_params = G * H * (I + H + 2);
+  static constexpr std::string_view name = Kind::name;
+  explicit RecurrentCell(Generator& g) { this->init(g); }
+  template <class F>
+  void visit(F&& f, const std::string& prefix) const { CellParams<G, I, H, T>::visit(f, prefix, ""); }
+
+  template <Expression X, Expression St>
+  auto operator()(const X& x, const St& state) const {
+    auto gx = matmul(x, transpose(this->weight_ih)) + this->bias_ih;
+    auto gh = [&](const auto& h) { return matmul(h, transpose(this->weight_hh)) + this->bias_hh; };
+    if constexpr (std::is_same_v<Kind, cells::RNN<false>>) {
+      return tanh(gx + gh(state));
+    } else if constexpr (std::is_same_v<Kind, cells::RNN<true>>) {
+      return relu(gx + gh(state));
+    } else if constexpr (std::is_same_v<Kind, cells::LSTM>) {
+      return let(state, [&](auto s) {
+        return let(gx + gh(h_of(s)), [&](auto g) {
+          auto i = sigmoid(narrow<1, 0, H>(g)), f = sigmoid(narrow<1, H, H>(g));
+          auto c = f * c_of(s) + i * tanh(narrow<1, 2 * H, H>(g));
+          return let(c, [&](auto c1) { return concat<1>(sigmoid(narrow<1, 3 * H, H>(g)) * tanh(c1), c1); });
+        });
+      });
+    } else {
+      static_assert(std::is_same_v<Kind, cells::GRU>, "loom::nn::RecurrentCell: unknown cell");
+      return let(state, [&](auto h) {
+        return let(gx, [&](auto a) {
+          return let(gh(h), [&](auto b) {
+            auto r = sigmoid(narrow<1, 0, H>(a) + narrow<1, 0, H>(b));
+            auto n = tanh(narrow<1, 2 * H, H>(a) + r * narrow<1, 2 * H, H>(b));
+            return let(sigmoid(narrow<1, H, H>(a) + narrow<1, H, H>(b)), [&](auto z) { return (T(1) - z) * n + z * h; });
+          });
+        });
+      });
+    }
+  }
+  template <Expression St>
+  static auto h_of(const St& s) { return narrow<1, 0, H>(s); }
+  template <Expression St>
+  static auto c_of(const St& s) {
+    static_assert(std::is_same_v<Kind, cells::LSTM>, "loom::nn: only the LSTM cell has a c state");
+    return narrow<1, H, H>(s);
+  }
+  /// The cell over x [T, B, I] from h0 [B, S]: every state [T, B, S].
+  template <Expression X, Expression H0>
+  auto scan(const X& x, const H0& h0) const {
+    return loom::scan([c = *this](const auto& xt, const auto& h) { return c(xt, h); }, x, h0);
+  }
+};
+
+template <std::size_t I, std::size_t H, class T = float>
+using RNNCell = RecurrentCell<cells::RNN<false>, I, H, T>;
+template <std::size_t I, std::size_t H, class T = float>
+using RNNReLUCell = RecurrentCell<cells::RNN<true>, I, H, T>;
+template <std::size_t I, std::size_t H, class T = float>
+using LSTMCell = RecurrentCell<cells::LSTM, I, H, T>;
+template <std::size_t I, std::size_t H, class T = float>
+using GRUCell = RecurrentCell<cells::GRU, I, H, T>;
 
 }  // namespace loom::nn

@@ -1,0 +1,268 @@
+// Operator benchmarks: every op family, forward ("fwd") and forward + backward ("bwd"), at small,
+// medium and large sizes, named BM_<op>_<fwd|bwd>_<backend>; loom against hand-written Eigen for the
+// key workloads (elementwise chain, matmul, MLP step). LibTorch runs the same work in bench_torch
+// (torch_ops.cpp). bench/compare runs both and prints loom / reference ratios.
+//   build/bench/bench/bench_ops --benchmark_format=json
+#include <loom/bench.hpp>
+#include <loom/loom.hpp>
+
+#include <Eigen/Core>
+
+using namespace loom;
+using bench::Cost;
+
+namespace {
+
+template <class S>
+Param<float, S> rnd(std::uint64_t seed) {
+  Generator g(seed);
+  return Param<float, S>(uniform<float, S>(g, -1, 1));
+}
+/// A run-time-shaped operand with a gradient: random value and gradient tensors bound to a Variable.
+template <class S>
+struct Var {
+  Tensor<float, S> value, grad;
+  Variable<float, S> v;
+  explicit Var(Dims<S::rank> d, std::uint64_t seed = 1) : value(random(d, seed)), grad(d) { v.bind(value, grad); }
+  static Tensor<float, S> random(Dims<S::rank> d, std::uint64_t seed) {
+    Generator g(seed);
+    return uniform<float, S>(g, -1, 1, d);
+  }
+};
+
+template <class Program>
+void fwd_or_bwd(benchmark::State& s, Program& p, bool bwd, Cost c) {
+  if (bwd) bench::forward_backward(s, p, c);
+  else bench::forward(s, p, c);
+}
+
+// ---- elementwise chain: tanh(a*b + c) * 0.5 + a -------------------------------------------------------
+// a, b, c are parameters of run-time length n (gradients for all three in "bwd").
+void BM_chain_fwd_loom(benchmark::State& s, bool bwd) {
+  const auto n = std::size_t(s.range(0));
+  Var<Shape<dyn>> a({n}, 1), b({n}, 2), c({n}, 3);
+  auto p = compile(tanh(a.v * b.v + c.v) * 0.5f + a.v);
+  // forward reads 3, writes 1; backward (seeded with ones) writes 3 more
+  fwd_or_bwd(s, p, bwd, {.flops = (bwd ? 12.0 : 6.0) * double(n), .bytes = (bwd ? 7.0 : 4.0) * 4 * double(n)});
+}
+void BM_chain_fwd_eigen(benchmark::State& s, bool bwd) {
+  const auto n = Eigen::Index(s.range(0));
+  Eigen::ArrayXf a = Eigen::ArrayXf::Random(n), b = Eigen::ArrayXf::Random(n), c = Eigen::ArrayXf::Random(n);
+  Eigen::ArrayXf t(n), out(n), ga = Eigen::ArrayXf::Zero(n), gb = Eigen::ArrayXf::Zero(n), gc = Eigen::ArrayXf::Zero(n);
+  bench::run(s, {.flops = (bwd ? 12.0 : 6.0) * double(n), .bytes = (bwd ? 7.0 : 4.0) * 4 * double(n)}, [&] {
+    if (!bwd) {
+      out = (a * b + c).tanh() * 0.5f + a;
+      benchmark::DoNotOptimize(out.data());
+      return;
+    }
+    t = (a * b + c).tanh();  // the forward keeps tanh for the backward
+    out = t * 0.5f + a;
+    gc += 0.5f * (1.0f - t.square());
+    ga += gc * b + 1.0f;  // (hand-fused: gc holds dt; the three gradients in three passes)
+    gb += gc * a;
+    benchmark::DoNotOptimize(gb.data());
+  });
+}
+void BM_copy_eigen(benchmark::State& s) {  // the machine's copy bandwidth (read n + write n floats)
+  const auto n = Eigen::Index(s.range(0));
+  Eigen::ArrayXf a = Eigen::ArrayXf::Random(n), b(n);
+  bench::run(s, {.bytes = 8.0 * double(n)}, [&] {
+    b = a;
+    benchmark::DoNotOptimize(b.data());
+  });
+}
+
+// ---- reductions, softmax, logsumexp over the last axis of [rows, cols] -----------------------------------
+template <int Which>
+void BM_rowwise_loom(benchmark::State& s, bool bwd) {
+  const auto rows = std::size_t(s.range(0)), cols = std::size_t(s.range(1));
+  Var<Shape<dyn, dyn>> x({rows, cols}, 3);
+  const double n = double(rows * cols);
+  auto go = [&](auto&& p, double flops) { fwd_or_bwd(s, p, bwd, {.flops = flops * n, .bytes = (bwd ? 3.0 : 1.0) * 4 * n}); };
+  if constexpr (Which == 0) go(compile(sum<1>(x.v)), 1);
+  else if constexpr (Which == 1) go(compile(softmax<-1>(x.v)), 5);
+  else go(compile(logsumexp<-1>(x.v)), 4);
+}
+
+// ---- matmul [m, k] x [k, n] and batched matmul ------------------------------------------------------------------
+void BM_matmul_loom(benchmark::State& s, bool bwd) {
+  const auto m = std::size_t(s.range(0)), k = std::size_t(s.range(1)), n = std::size_t(s.range(2));
+  Var<Shape<dyn, dyn>> a({m, k}, 1), b({k, n}, 2);
+  auto p = compile(matmul(a.v, b.v));
+  fwd_or_bwd(s, p, bwd, {.flops = (bwd ? 3 : 1) * bench::matmul_flops(m, n, k), .bytes = 4.0 * (m * k + k * n + m * n)});
+}
+void BM_matmul_eigen(benchmark::State& s, bool bwd) {
+  const auto m = Eigen::Index(s.range(0)), k = Eigen::Index(s.range(1)), n = Eigen::Index(s.range(2));
+  using M = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  M a = M::Random(m, k), b = M::Random(k, n), c(m, n), ga = M::Zero(m, k), gb = M::Zero(k, n), g = M::Ones(m, n);
+  bench::run(s, {.flops = (bwd ? 3 : 1) * bench::matmul_flops(m, n, k), .bytes = 4.0 * double(m * k + k * n + m * n)}, [&] {
+    c.noalias() = a * b;
+    if (bwd) {
+      ga.noalias() += g * b.transpose();
+      gb.noalias() += a.transpose() * g;
+    }
+    benchmark::DoNotOptimize(c.data());
+  });
+}
+void BM_bmm_loom(benchmark::State& s, bool bwd) {
+  const auto bt = std::size_t(s.range(0)), m = std::size_t(s.range(1)), k = std::size_t(s.range(2));
+  Var<Shape<dyn, dyn, dyn>> a({bt, m, k}, 1), b({bt, k, m}, 2);
+  auto p = compile(matmul(a.v, b.v));
+  fwd_or_bwd(s, p, bwd, {.flops = (bwd ? 3 : 1) * bt * bench::matmul_flops(m, m, k), .bytes = 4.0 * bt * (2 * m * k + m * m)});
+}
+
+// ---- conv2d 3x3 (padding 1), max_pool2d 2x2, batch norm, layer norm ---------------------------------------------
+template <std::size_t Cin, std::size_t Cout>
+void BM_conv2d_loom(benchmark::State& s, bool bwd) {
+  const auto n = std::size_t(s.range(0)), hw = std::size_t(s.range(1));
+  Var<Shape<dyn, Cin, dyn, dyn>> x({n, Cin, hw, hw});
+  auto w = rnd<Shape<Cout, Cin, 3, 3>>(2);
+  auto p = compile(conv2d<1, 1>(x.v, w));
+  fwd_or_bwd(s, p, bwd, {.flops = (bwd ? 3 : 1) * bench::conv2d_flops(n, Cin, Cout, hw, hw, 3, 3),
+                         .bytes = 4.0 * n * (Cin + Cout) * hw * hw});
+}
+void BM_maxpool_loom(benchmark::State& s, bool bwd) {
+  const auto n = std::size_t(s.range(0)), c = std::size_t(s.range(1)), hw = std::size_t(s.range(2));
+  Var<Shape<dyn, dyn, dyn, dyn>> x({n, c, hw, hw}, 4);
+  auto p = compile(max_pool2d<2>(x.v));
+  fwd_or_bwd(s, p, bwd, {.flops = double(n * c * hw * hw), .bytes = 4.0 * 1.25 * double(n * c * hw * hw)});
+}
+template <std::size_t C>
+void BM_batchnorm_loom(benchmark::State& s, bool bwd) {
+  const auto n = std::size_t(s.range(0)), hw = std::size_t(s.range(1));
+  Generator g(5);
+  nn::BatchNorm2d<C> bn(g);
+  Var<Shape<dyn, C, dyn, dyn>> x({n, C, hw, hw}, 6);
+  auto p = compile(bn(x.v));
+  fwd_or_bwd(s, p, bwd, {.flops = 8.0 * double(n * C * hw * hw), .bytes = 4.0 * 2 * double(n * C * hw * hw)});
+}
+template <std::size_t D>
+void BM_layernorm_loom(benchmark::State& s, bool bwd) {
+  const auto rows = std::size_t(s.range(0));
+  Generator g(5);
+  nn::LayerNorm<D> ln(g);
+  Var<Shape<dyn, D>> x({rows, D}, 6);
+  auto p = compile(ln(x.v));
+  fwd_or_bwd(s, p, bwd, {.flops = 8.0 * double(rows * D), .bytes = 4.0 * 2 * double(rows * D)});
+}
+
+// ---- optimizer updates over n parameters --------------------------------------------------------------------
+template <std::size_t N, bool Adam>
+void BM_update_loom(benchmark::State& s) {
+  auto w = rnd<Shape<N>>(1);
+  Generator g(2);
+  const_cast<Tensor<float, Shape<N>>&>(w.grad()).assign(uniform<float, Shape<N>>(g, -1, 1));
+  std::vector<nn::ParamRef<float>> ps{{"w", w.value().data(), w.grad().data(), N}};
+  auto go = [&](auto&& opt) {
+    // SGD with momentum reads w, g, buf and writes w, buf; Adam reads w, g, m, v and writes w, m, v
+    bench::run(s, {.flops = (Adam ? 12.0 : 3.0) * N, .bytes = (Adam ? 7.0 : 5.0) * 4 * N}, [&] { opt.step(); });
+  };
+  if constexpr (Adam) go(optim::Adam<float>(ps, {.lr = 1e-3}));
+  else go(optim::SGD<float>(ps, {.lr = 0.01, .momentum = 0.9}));
+}
+
+// ---- MLP 784-256-10 training step (forward, cross-entropy, backward, SGD) ----------------------------------------
+using MLP = nn::Sequential<nn::Linear<784, 256>, nn::ReLU, nn::Linear<256, 10>>;
+double mlp_flops(double b) { return 3 * (bench::matmul_flops(b, 256, 784) + bench::matmul_flops(b, 10, 256)); }
+
+void BM_mlp_step_loom(benchmark::State& s) {
+  const auto b = std::size_t(s.range(0));
+  Generator g(1);
+  MLP net(g);
+  Var<Shape<dyn, 784>> x({b, 784});
+  Tensor<std::int64_t, Shape<dyn>> labels({b});
+  for (std::size_t i = 0; i < b; ++i) labels(i) = std::int64_t(i % 10);
+  auto y = input<std::int64_t, Shape<dyn>>();
+  y.bind(labels);
+  auto p = compile(nn::cross_entropy(net(x.v), y));
+  optim::SGD<float> opt(nn::parameters(net), {.lr = 0.01});
+  bench::step(s, p, opt, {.flops = mlp_flops(double(b))});
+}
+/// The same step written by hand on Eigen (row-major, no framework): the no-overhead limit.
+void BM_mlp_step_eigen(benchmark::State& s) {
+  const auto b = Eigen::Index(s.range(0));
+  using M = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  using V = Eigen::RowVectorXf;
+  M x = M::Random(b, 784), w1 = M::Random(784, 256) * 0.05f, w2 = M::Random(256, 10) * 0.05f;
+  V b1 = V::Zero(256), b2 = V::Zero(10);
+  M h(b, 256), z(b, 10), dz(b, 10), dh(b, 256), gw1(784, 256), gw2(256, 10);
+  V gb1(256), gb2(10);
+  auto labels = std::vector<int>(static_cast<std::size_t>(b));
+  for (Eigen::Index i = 0; i < b; ++i) labels[std::size_t(i)] = int(i % 10);
+  const float lr = 0.01f;
+  bench::run(s, {.flops = mlp_flops(double(b))}, [&] {
+    h.noalias() = x * w1;
+    h = (h.rowwise() + b1).cwiseMax(0.0f);
+    z.noalias() = h * w2;
+    z.rowwise() += b2;
+    // softmax cross-entropy (mean): dz = (softmax(z) - onehot) / b
+    for (Eigen::Index i = 0; i < b; ++i) {
+      auto r = z.row(i);
+      const float mx = r.maxCoeff();
+      dz.row(i) = (r.array() - mx).exp();
+      dz.row(i) /= dz.row(i).sum();
+      dz(i, labels[std::size_t(i)]) -= 1.0f;
+    }
+    dz /= float(b);
+    gw2.noalias() = h.transpose() * dz;
+    gb2 = dz.colwise().sum();
+    dh.noalias() = dz * w2.transpose();
+    dh = (h.array() > 0.0f).select(dh, 0.0f);
+    gw1.noalias() = x.transpose() * dh;
+    gb1 = dh.colwise().sum();
+    w1 -= lr * gw1, w2 -= lr * gw2, b1 -= lr * gb1, b2 -= lr * gb2;
+    benchmark::DoNotOptimize(w1.data());
+  });
+}
+
+}  // namespace
+
+// Registration: small / medium / large for every family; "fwd" and "bwd" (forward + backward) of each.
+namespace {
+using Sizes = std::vector<std::vector<std::int64_t>>;
+template <class F>
+void both(const std::string& op, const std::string& backend, F f, const Sizes& sizes) {
+  for (const bool bwd : {false, true}) {
+    auto* b = benchmark::RegisterBenchmark(("BM_" + op + (bwd ? "_bwd_" : "_fwd_") + backend).c_str(),
+                                           [f, bwd](benchmark::State& s) { f(s, bwd); });
+    for (const auto& a : sizes) b->Args(a);
+  }
+}
+void register_all() {
+  const Sizes vec = {{1000}, {100000}, {10000000}}, rows = {{64, 128}, {512, 512}, {2048, 1024}};
+  const Sizes mm = {{64, 64, 64}, {256, 256, 256}, {1024, 1024, 1024}, {64, 784, 256}};
+  const Sizes img = {{1, 28}, {32, 28}, {64, 56}};
+  both("chain", "loom", BM_chain_fwd_loom, vec);
+  both("chain", "eigen", BM_chain_fwd_eigen, vec);
+  benchmark::RegisterBenchmark("BM_copy_fwd_eigen", BM_copy_eigen)->Arg(10000000);
+  both("sum", "loom", BM_rowwise_loom<0>, rows);
+  both("softmax", "loom", BM_rowwise_loom<1>, rows);
+  both("logsumexp", "loom", BM_rowwise_loom<2>, rows);
+  both("matmul", "loom", BM_matmul_loom, mm);
+  both("matmul", "eigen", BM_matmul_eigen, mm);
+  both("bmm", "loom", BM_bmm_loom, {{8, 32, 32}, {16, 128, 64}, {16, 512, 64}});
+  both("conv2d", "loom", BM_conv2d_loom<16, 32>, img);
+  both("maxpool", "loom", BM_maxpool_loom, {{1, 16, 28}, {32, 32, 28}, {64, 64, 56}});
+  both("batchnorm", "loom", BM_batchnorm_loom<32>, img);
+  both("layernorm", "loom", BM_layernorm_loom<256>, {{16}, {1024}, {16384}});
+  benchmark::RegisterBenchmark("BM_sgd_step_loom/1000", BM_update_loom<1000, false>);
+  benchmark::RegisterBenchmark("BM_sgd_step_loom/100000", BM_update_loom<100000, false>);
+  benchmark::RegisterBenchmark("BM_sgd_step_loom/10000000", BM_update_loom<10000000, false>);
+  benchmark::RegisterBenchmark("BM_adam_step_loom/1000", BM_update_loom<1000, true>);
+  benchmark::RegisterBenchmark("BM_adam_step_loom/100000", BM_update_loom<100000, true>);
+  benchmark::RegisterBenchmark("BM_adam_step_loom/10000000", BM_update_loom<10000000, true>);
+  benchmark::RegisterBenchmark("BM_mlp_step_loom", BM_mlp_step_loom)->Arg(1)->Arg(64)->Arg(512);
+  benchmark::RegisterBenchmark("BM_mlp_step_eigen", BM_mlp_step_eigen)->Arg(1)->Arg(64)->Arg(512);
+}
+}  // namespace
+
+LOOM_BENCH_COUNT_ALLOCATIONS
+
+int main(int argc, char** argv) {
+  register_all();
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
