@@ -1,6 +1,7 @@
 // loom/nn/sequential.hpp — Sequential<Layers...>: layers applied in order. Consecutive layers whose
 // feature counts do not chain are rejected by the compiler, naming both layers and both counts.
 #pragma once
+#include "../expr/let.hpp"
 #include "layers.hpp"
 
 namespace loom::nn {
@@ -164,12 +165,14 @@ struct Residual {
   static constexpr std::string_view name = "Residual";
   Body body;
   explicit Residual(Generator& g) : body(g) {}
+  /// x is read twice, so it is a `let`: the expression type holds it once (stacks of residual blocks
+  /// grow linearly in node count).
   template <Expression X>
   auto operator()(const X& x) const {
-    auto y = body(x);
-    constexpr bool ok = std::is_same_v<shape_t<X>, shape_t<decltype(y)>>;
-    detail::check_residual<ok, shape_t<X>, shape_t<decltype(y)>>{};
-    if constexpr (ok) return x + y;
+    using Y = decltype(body(x));
+    constexpr bool ok = std::is_same_v<shape_t<X>, shape_t<Y>>;
+    detail::check_residual<ok, shape_t<X>, shape_t<Y>>{};
+    if constexpr (ok) return let(x, [&](auto r) { return r + body(r); });
   }
   void train(bool on = true) { body.train(on); }
   void set_training(bool on) { body.train(on); }

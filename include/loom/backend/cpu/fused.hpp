@@ -125,7 +125,8 @@ template <Mode M, class T, std::size_t R, class E>
 struct Out {
   Access<T, R> d;
   Eval<E, R> e;
-  bool packet_ok = false;
+  bool packet_ok = false;         // an elementwise row: packets in, packets out
+  bool reduce_packet_ok = false;  // a row reduced into one element: packets accumulated, then folded
 
   template <class F> void visit(F&& f) { f(d.st); e.visit(f); }
   void set_row(const Dims<R>& idx) { d.set_row(idx); e.set_row(idx); }
@@ -134,28 +135,50 @@ struct Out {
     else if constexpr (M == Mode::add) return a + b;
     else return a >= b ? a : b;
   }
-  void row(std::ptrdiff_t n) {
+  /// Elements [j0, j1) of the current row.
+  void row(std::ptrdiff_t j0, std::ptrdiff_t j1) {
     const std::ptrdiff_t di = d.inner();
     T* out = d.row;
-    if (di == 0 && M != Mode::assign) {  // reduction along the row: accumulate in a register
-      T acc = e.at(0);
-      for (std::ptrdiff_t j = 1; j < n; ++j) acc = combine(acc, e.at(j));
+    if (di == 0 && M != Mode::assign) {  // reduction along the row: accumulate in registers
+      std::ptrdiff_t j = j0;
+      T acc{};
+      bool started = false;
+      if constexpr (Eval<E, R>::packetable && std::is_same_v<T, typename Eval<E, R>::value_type>) {
+        using P = typename ei::packet_traits<T>::type;
+        constexpr std::ptrdiff_t W = ei::unpacket_traits<P>::size;
+        auto fold = [](const P& a, const P& b) {
+          if constexpr (M == Mode::add) return ei::padd(a, b);
+          else return ei::pmax(a, b);
+        };
+        if (reduce_packet_ok && W > 1 && j1 - j0 >= 2 * W) {
+          P a0 = e.template packet<P>(j), a1 = e.template packet<P>(j + W);  // two chains hide latency
+          for (j += 2 * W; j + 2 * W <= j1; j += 2 * W)
+            a0 = fold(a0, e.template packet<P>(j)), a1 = fold(a1, e.template packet<P>(j + W));
+          for (; j + W <= j1; j += W) a0 = fold(a0, e.template packet<P>(j));
+          a0 = fold(a0, a1);
+          if constexpr (M == Mode::add) acc = ei::predux(a0);
+          else acc = ei::predux_max(a0);
+          started = true;
+        }
+      }
+      if (!started) acc = e.at(j++);
+      for (; j < j1; ++j) acc = combine(acc, e.at(j));
       *out = combine(*out, acc);
       return;
     }
-    std::ptrdiff_t j = 0;
+    std::ptrdiff_t j = j0;
     if constexpr (Eval<E, R>::packetable && std::is_same_v<T, typename Eval<E, R>::value_type>) {
       using P = typename ei::packet_traits<T>::type;
       constexpr std::ptrdiff_t W = ei::unpacket_traits<P>::size;
       if (packet_ok && W > 1)
-        for (; j + W <= n; j += W) {
+        for (; j + W <= j1; j += W) {
           P v = e.template packet<P>(j);
           if constexpr (M == Mode::add) v = ei::padd(ei::ploadu<P>(out + j), v);
           else if constexpr (M == Mode::max) v = ei::pmax(ei::ploadu<P>(out + j), v);
           ei::pstoreu(out + j, v);
         }
     }
-    for (; j < n; ++j) out[j * di] = combine(out[j * di], static_cast<T>(e.at(j)));
+    for (; j < j1; ++j) out[j * di] = combine(out[j * di], static_cast<T>(e.at(j)));
   }
 };
 
@@ -172,7 +195,7 @@ void run_fused(Dims<R> dims, bool parallel, O... outs) {
   if (numel(dims) == 0) return;
   if constexpr (R == 0) {
     (outs.set_row(dims), ...);
-    (outs.row(1), ...);
+    (outs.row(0, 1), ...);
   } else {
     // Merge axes that every access walks as one run (and drop unit axes) so rows get long; the row
     // axis is always R-1, outer axes become extent 1.
@@ -196,43 +219,60 @@ void run_fused(Dims<R> dims, bool parallel, O... outs) {
         cur = k;
       }
     }
-    bool zero_dest = false;
+    bool zero_outer = false, zero_inner = false;  // a destination reduced over outer axes / along rows
     auto mark = [&](auto& o) {
       o.packet_ok = o.d.inner() == 1 && o.e.unit_or_zero();
-      for (std::size_t k = 0; k < R; ++k) zero_dest = zero_dest || (o.d.st[k] == 0 && dims[k] > 1);
+      o.reduce_packet_ok = o.d.inner() == 0 && o.e.unit_or_zero();
+      for (std::size_t k = 0; k + 1 < R; ++k) zero_outer = zero_outer || (o.d.st[k] == 0 && dims[k] > 1);
+      zero_inner = zero_inner || (o.d.inner() == 0 && dims[R - 1] > 1);
     };
     (mark(outs), ...);
     const std::size_t rows = numel(dims) / dims[R - 1];
     const auto n = static_cast<std::ptrdiff_t>(dims[R - 1]);
-    auto run_rows = [&](std::size_t r0, std::size_t r1, auto... o) {
+    // Long rows are cut into chunks: every output runs over one chunk before the next, so the operands
+    // of a multi-output loop (a backward writing several gradients) stay in cache, and a single long
+    // row (a 1-D tensor) can still be shared between threads.
+    constexpr std::ptrdiff_t chunk_size = 4096;
+    const std::ptrdiff_t chunk = n > 2 * chunk_size ? chunk_size : n;
+    const std::size_t per_row = static_cast<std::size_t>((n + chunk - 1) / chunk), items = rows * per_row;
+    auto run_items = [&](std::size_t i0, std::size_t i1, auto... o) {
+      if (i0 >= i1) return;
       Dims<R> idx{};
-      std::size_t r = r0;
+      std::size_t r = i0 / per_row, c = i0 % per_row;
       for (std::size_t k = R - 1; k-- > 0;) idx[k] = r % dims[k], r /= dims[k];
-      for (std::size_t row = r0; row < r1; ++row) {
-        (o.set_row(idx), ...);
-        (o.row(n), ...);
-        for (std::size_t k = R - 1; k-- > 0;) {
-          if (++idx[k] < dims[k]) break;
-          idx[k] = 0;
+      (o.set_row(idx), ...);
+      for (std::size_t i = i0; i < i1; ++i) {
+        const std::ptrdiff_t j0 = static_cast<std::ptrdiff_t>(c) * chunk;
+        (o.row(j0, std::min(j0 + chunk, n)), ...);
+        if (++c == per_row && i + 1 < i1) {
+          c = 0;
+          for (std::size_t k = R - 1; k-- > 0;) {
+            if (++idx[k] < dims[k]) break;
+            idx[k] = 0;
+          }
+          (o.set_row(idx), ...);
         }
       }
     };
 #ifdef _OPENMP
-    const bool par = parallel && !zero_dest && rows > 1 && numel(dims) >= (std::size_t{1} << 15) &&
+    // Rows reduced into their own element may run on different threads; chunks of one reduced row
+    // may not (they accumulate into the same element), nor may rows reduced into a shared one.
+    const bool zero_dest = zero_outer || (zero_inner && per_row > 1);
+    const bool par = parallel && !zero_dest && items > 1 && numel(dims) >= (std::size_t{1} << 15) &&
                      omp_get_max_threads() > 1 && !omp_in_parallel();
     if (par) {
 #pragma omp parallel
       {
         const std::size_t t = static_cast<std::size_t>(omp_get_thread_num()),
                           nt = static_cast<std::size_t>(omp_get_num_threads());
-        run_rows(rows * t / nt, rows * (t + 1) / nt, outs...);
+        run_items(items * t / nt, items * (t + 1) / nt, outs...);
       }
       return;
     }
 #else
     (void)parallel;
 #endif
-    run_rows(0, rows, outs...);
+    run_items(0, items, outs...);
   }
 }
 

@@ -13,6 +13,9 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#ifdef LOOM_USE_CBLAS
+#include <cblas.h>
+#endif
 
 namespace loom::backend::cpu {
 
@@ -86,6 +89,38 @@ void run(Index M, Index N, Index K, const T* a, Index lda, const T* b, Index ldb
       M, N, K, a, lda, b, ldb, c, 1, ldc, T{1}, blocking, nullptr);
 }
 
+/// y += M x as Eigen's GEMV for a product with one row or one column (no packing of the matrix: a
+/// batch-1 linear layer would otherwise pack its whole weight matrix every call). False when the
+/// matrix is neither row- nor column-major.
+template <class T>
+bool gemv(const loom::detail::View<T, 2>& C, const loom::detail::View<T, 2>& A, const loom::detail::View<T, 2>& B) {
+  using Vec = Eigen::Matrix<T, Eigen::Dynamic, 1>;
+  using VecMap = Eigen::Map<Vec, 0, Eigen::InnerStride<>>;
+  using CVecMap = Eigen::Map<const Vec, 0, Eigen::InnerStride<>>;
+  const auto M = static_cast<Index>(A.dims[0]), K = static_cast<Index>(A.dims[1]), N = static_cast<Index>(B.dims[1]);
+  // y (length R) += Mat (R x K, strides rs, cs) * x (length K, stride xs)
+  auto run = [&](T* y, Index R, std::ptrdiff_t ys, const T* m, std::ptrdiff_t rs, std::ptrdiff_t cs, const T* x,
+                 std::ptrdiff_t xs) {
+    VecMap yv(y, R, Eigen::InnerStride<>(ys));
+    CVecMap xv(x, K, Eigen::InnerStride<>(xs));
+    if (cs == 1 || K == 1) {
+      using Mat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+      Eigen::Map<const Mat, 0, Eigen::OuterStride<>> mm(m, R, K, Eigen::OuterStride<>(std::max<std::ptrdiff_t>(rs, K)));
+      yv.noalias() += mm * xv;
+    } else if (rs == 1 || R == 1) {
+      using Mat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::ColMajor>;
+      Eigen::Map<const Mat, 0, Eigen::OuterStride<>> mm(m, R, K, Eigen::OuterStride<>(std::max<std::ptrdiff_t>(cs, R)));
+      yv.noalias() += mm * xv;
+    } else {
+      return false;
+    }
+    return true;
+  };
+  if (M == 1)  // C^T = B^T A^T
+    return run(C.data, N, C.strides[1], B.data, B.strides[1], B.strides[0], A.data, A.strides[1]);
+  return run(C.data, M, C.strides[0], A.data, A.strides[0], A.strides[1], B.data, B.strides[0]);
+}
+
 }  // namespace detail_gemm
 
 /// C = A * B, or C += A * B when `accumulate`.
@@ -98,6 +133,7 @@ void gemm(const detail::View<T, 2>& C, const detail::View<T, 2>& A, const detail
     for (std::size_t i = 0; i < M; ++i)
       for (std::size_t j = 0; j < N; ++j) C.data[i * C.strides[0] + j * C.strides[1]] = T{0};
   if (K == 0) return;
+  if ((M == 1 || N == 1) && gemv(C, A, B)) return;
   // Eigen's kernel writes a column-major C; a row-major C is the column-major C^T = B^T A^T.
   const bool c_col = C.strides[0] == 1 || M == 1, c_row = C.strides[1] == 1 || N == 1;
   if (!c_col && c_row) return gemm(transposed(C), transposed(B), transposed(A), true);
@@ -105,6 +141,17 @@ void gemm(const detail::View<T, 2>& C, const detail::View<T, 2>& A, const detail
   auto [ob, ldb] = layout(B);
   if (!c_col || oa < 0 || ob < 0) return gemm_loop(C, A, B, true);
   const Index ldc = std::max<Index>(C.strides[1], static_cast<Index>(M));
+#ifdef LOOM_USE_CBLAS
+  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {  // the BLAS threads itself
+    const auto ta = oa == Eigen::ColMajor ? CblasNoTrans : CblasTrans, tb = ob == Eigen::ColMajor ? CblasNoTrans : CblasTrans;
+    const auto m = static_cast<int>(M), n = static_cast<int>(N), k = static_cast<int>(K);
+    if constexpr (std::is_same_v<T, float>)
+      cblas_sgemm(CblasColMajor, ta, tb, m, n, k, 1.0f, A.data, int(lda), B.data, int(ldb), 1.0f, C.data, int(ldc));
+    else
+      cblas_dgemm(CblasColMajor, ta, tb, m, n, k, 1.0, A.data, int(lda), B.data, int(ldb), 1.0, C.data, int(ldc));
+    return;
+  }
+#endif
   auto rows = [&](Index m0, Index m1) {
     const T* a = A.data + m0 * A.strides[0];
     T* c = C.data + m0 * C.strides[0];
