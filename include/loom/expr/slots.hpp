@@ -26,6 +26,18 @@ struct View {
   bool contiguous() const { return strides == contiguous_strides(dims); }
 };
 
+/// Offset of row k of a view: rows are its elements over the leading R - 1 axes, in row-major order
+/// (the last axis is the row).
+template <class T, std::size_t R>
+std::ptrdiff_t row_offset(std::size_t k, const View<T, R>& v) {
+  std::ptrdiff_t off = 0;
+  for (std::size_t a = R - 1; a-- > 0;) {
+    off += static_cast<std::ptrdiff_t>(k % v.dims[a]) * v.strides[a];
+    k /= v.dims[a];
+  }
+  return off;
+}
+
 template <class T, std::size_t R>
 View<T, R> value_view(const SlotRec& s) {
   View<T, R> v{static_cast<T*>(s.val), {}, {}};

@@ -4,6 +4,9 @@
 //     dx = gamma / sigma * (g - mean(g) - xhat * mean(g * xhat)),  dgamma = sum(g * xhat),  dbeta = sum(g)
 //   dropout: y = x * mask / (1 - p) with mask ~ Bernoulli(1 - p) (identity in eval)
 #pragma once
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include <memory>
 
 #include "../ops/reduce.hpp"
@@ -161,75 +164,86 @@ struct LayerNorm {
   /// Mean and inverse standard deviation of every row.
   template <std::size_t R>
   std::size_t scratch(const Dims<R>& x, const Dims<1>&, const Dims<1>&) const { return 2 * numel(x) / std::max<std::size_t>(1, x[R - 1]); }
-  /// Calls f(row index, offset of the row's first element) over the leading axes.
-  template <class T, std::size_t R, class F>
-  static void rows(const loom::detail::View<T, R>& v, F&& f) {
-    Dims<R> d = v.dims;
-    d[R - 1] = 1;
-    std::size_t k = 0;
-    loom::detail::for_each_offset(d, v.strides, [&](std::ptrdiff_t off) { f(k++, off); });
-  }
-  /// Offset of row k (row-major over the leading axes).
-  template <class T, std::size_t R>
-  static std::ptrdiff_t row_offset(std::size_t k, const loom::detail::View<T, R>& v) {
-    std::ptrdiff_t off = 0;
-    for (std::size_t a = R - 1; a-- > 0;) {
-      off += static_cast<std::ptrdiff_t>(k % v.dims[a]) * v.strides[a];
-      k /= v.dims[a];
+  /// Runs f(row k) for every row, on OpenMP threads when there is enough work.
+  template <class F>
+  static void each_row(std::size_t rows, std::size_t D, F&& f) {
+#ifdef _OPENMP
+    if (rows > 1 && rows * D >= (std::size_t{1} << 15) && omp_get_max_threads() > 1 && !omp_in_parallel()) {
+      const auto n = static_cast<std::ptrdiff_t>(rows);
+#pragma omp parallel for schedule(static)
+      for (std::ptrdiff_t k = 0; k < n; ++k) f(static_cast<std::size_t>(k));
+      return;
     }
-    return off;
+#endif
+    for (std::size_t k = 0; k < rows; ++k) f(k);
   }
+  /// A row (or parameter vector) as an Eigen array: compile-time unit stride when Unit (vectorized).
+  template <bool Unit, class T>
+  static auto arr(T* p, std::size_t n, std::ptrdiff_t stride) {
+    using A = Eigen::Array<std::remove_const_t<T>, Eigen::Dynamic, 1>;
+    using M = std::conditional_t<std::is_const_v<T>, const A, A>;
+    if constexpr (Unit) return Eigen::Map<M>(p, static_cast<Eigen::Index>(n));
+    else return Eigen::Map<M, 0, Eigen::InnerStride<>>(p, static_cast<Eigen::Index>(n), Eigen::InnerStride<>(stride));
+  }
+  template <class T, std::size_t R>
+  static bool unit_rows(const loom::detail::View<T, R>& v) { return v.strides[R - 1] == 1 || v.dims[R - 1] <= 1; }
+
   template <class T, std::size_t R>
   void forward(const loom::detail::View<T, R>& out, const loom::detail::View<T, R>& x, const loom::detail::View<T, 1>& g,
                const loom::detail::View<T, 1>& b, T* stats) const {
+    if (unit_rows(x) && unit_rows(g) && unit_rows(b)) forward_rows<true>(out, x, g, b, stats);
+    else forward_rows<false>(out, x, g, b, stats);
+  }
+  template <bool Unit, class T, std::size_t R>
+  void forward_rows(const loom::detail::View<T, R>& out, const loom::detail::View<T, R>& x,
+                    const loom::detail::View<T, 1>& g, const loom::detail::View<T, 1>& b, T* stats) const {
     const std::size_t D = x.dims[R - 1];
-    const std::ptrdiff_t s = x.strides[R - 1];
-    rows(x, [&](std::size_t k, std::ptrdiff_t off) {
-      const T* row = x.data + off;
-      double mu = 0, var = 0;
-      for (std::size_t j = 0; j < D; ++j) mu += row[static_cast<std::ptrdiff_t>(j) * s];
-      mu /= double(D);
-      for (std::size_t j = 0; j < D; ++j) {
-        const double c = row[static_cast<std::ptrdiff_t>(j) * s] - mu;
-        var += c * c;
-      }
-      const T rstd = T(1 / std::sqrt(var / double(D) + eps));
-      stats[2 * k] = T(mu), stats[2 * k + 1] = rstd;
-      T* o = out.data + k * D;  // the kernel's own buffer is contiguous
-      for (std::size_t j = 0; j < D; ++j)
-        o[j] = (row[static_cast<std::ptrdiff_t>(j) * s] - T(mu)) * rstd * g.data[static_cast<std::ptrdiff_t>(j) * g.strides[0]] +
-               b.data[static_cast<std::ptrdiff_t>(j) * b.strides[0]];
+    const auto gamma = arr<Unit>(static_cast<const T*>(g.data), D, g.strides[0]);
+    const auto beta = arr<Unit>(static_cast<const T*>(b.data), D, b.strides[0]);
+    each_row(numel(x.dims) / std::max<std::size_t>(1, D), D, [&](std::size_t k) {
+      const auto row = arr<Unit>(static_cast<const T*>(x.data + loom::detail::row_offset(k, x)), D, x.strides[R - 1]);
+      const T mu = row.sum() / T(D);
+      const T rstd = T(1) / std::sqrt((row - mu).square().sum() / T(D) + T(eps));
+      stats[2 * k] = mu, stats[2 * k + 1] = rstd;
+      arr<true>(out.data + k * D, D, 1) = (row - mu) * rstd * gamma + beta;  // the kernel's own buffer is contiguous
     });
   }
   template <class T, std::size_t R>
-  void backward(const loom::detail::View<T, R>& gy, const loom::detail::View<T, R>&,
+  void backward(const loom::detail::View<T, R>& gy, const loom::detail::View<T, R>& y,
                 const std::pair<loom::detail::View<T, R>, loom::detail::View<T, R>>& x,
                 const std::pair<loom::detail::View<T, 1>, loom::detail::View<T, 1>>& g,
                 const std::pair<loom::detail::View<T, 1>, loom::detail::View<T, 1>>& b, T* stats) const {
-    const std::size_t D = x.first.dims[R - 1];
-    const std::ptrdiff_t s = x.first.strides[R - 1], gs = gy.strides[R - 1], gw = g.first.strides[0];
-    rows(x.first, [&](std::size_t k, std::ptrdiff_t off) {
-      const T* row = x.first.data + off;
-      const T* grow = gy.data + row_offset(k, gy);
+    const bool unit = unit_rows(gy) && unit_rows(x.first) && unit_rows(g.first) && (!x.second.data || unit_rows(x.second)) &&
+                      (!g.second.data || unit_rows(g.second)) && (!b.second.data || unit_rows(b.second));
+    if (unit) backward_rows<true>(gy, y, x, g, b, stats);
+    else backward_rows<false>(gy, y, x, g, b, stats);
+  }
+  template <bool Unit, class T, std::size_t R>
+  void backward_rows(const loom::detail::View<T, R>& gy, const loom::detail::View<T, R>&,
+                     const std::pair<loom::detail::View<T, R>, loom::detail::View<T, R>>& x,
+                     const std::pair<loom::detail::View<T, 1>, loom::detail::View<T, 1>>& g,
+                     const std::pair<loom::detail::View<T, 1>, loom::detail::View<T, 1>>& b, T* stats) const {
+    const std::size_t D = x.first.dims[R - 1], rows = numel(x.first.dims) / std::max<std::size_t>(1, D);
+    const auto gamma = arr<Unit>(static_cast<const T*>(g.first.data), D, g.first.strides[0]);
+    auto row_of = [&](const loom::detail::View<T, R>& v, std::size_t k) {
+      return arr<Unit>(static_cast<const T*>(v.data + loom::detail::row_offset(k, v)), D, v.strides[R - 1]);
+    };
+    if (x.second.data)  // rows are independent: threads
+      each_row(rows, D, [&](std::size_t k) {
+        const auto row = row_of(x.first, k), grow = row_of(gy, k);
+        const T mu = stats[2 * k], rstd = stats[2 * k + 1];
+        const T m1 = (grow * gamma).sum() / T(D), m2 = (grow * gamma * (row - mu)).sum() * rstd / T(D);
+        arr<Unit>(x.second.data + loom::detail::row_offset(k, x.second), D, x.second.strides[R - 1]) +=
+            rstd * (grow * gamma - m1 - (row - mu) * (rstd * m2));
+      });
+    if (!g.second.data && !b.second.data) return;
+    // the parameters' gradients sum over rows: one pass, in row order
+    for (std::size_t k = 0; k < rows; ++k) {
+      const auto row = row_of(x.first, k), grow = row_of(gy, k);
       const T mu = stats[2 * k], rstd = stats[2 * k + 1];
-      double m1 = 0, m2 = 0;
-      for (std::size_t j = 0; j < D; ++j) {
-        const T xhat = (row[static_cast<std::ptrdiff_t>(j) * s] - mu) * rstd, gj = grow[static_cast<std::ptrdiff_t>(j) * gs];
-        const T dxhat = gj * g.first.data[static_cast<std::ptrdiff_t>(j) * gw];
-        m1 += dxhat, m2 += dxhat * xhat;
-        if (g.second.data) g.second.data[static_cast<std::ptrdiff_t>(j) * g.second.strides[0]] += gj * xhat;
-        if (b.second.data) b.second.data[static_cast<std::ptrdiff_t>(j) * b.second.strides[0]] += gj;
-      }
-      if (!x.second.data) return;
-      m1 /= double(D), m2 /= double(D);
-      T* drow = x.second.data + row_offset(k, x.second);
-      const std::ptrdiff_t ds = x.second.strides[R - 1];
-      for (std::size_t j = 0; j < D; ++j) {
-        const T xhat = (row[static_cast<std::ptrdiff_t>(j) * s] - mu) * rstd;
-        const T dxhat = grow[static_cast<std::ptrdiff_t>(j) * gs] * g.first.data[static_cast<std::ptrdiff_t>(j) * gw];
-        drow[static_cast<std::ptrdiff_t>(j) * ds] += rstd * (dxhat - T(m1) - xhat * T(m2));
-      }
-    });
+      if (g.second.data) arr<Unit>(g.second.data, D, g.second.strides[0]) += grow * (row - mu) * rstd;
+      if (b.second.data) arr<Unit>(b.second.data, D, b.second.strides[0]) += grow;
+    }
   }
 };
 

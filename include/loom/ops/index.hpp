@@ -74,12 +74,7 @@ struct Embedding {
     const std::ptrdiff_t gs = g.strides[RO - 1];
     detail::for_each_offset(idx.first, [&](std::size_t k, std::ptrdiff_t off) {
       T* dst = w.second.data + static_cast<std::ptrdiff_t>(row(idx.first.data[off], V)) * w.second.strides[0];
-      std::ptrdiff_t goff = 0;
-      std::size_t rest = k;
-      for (std::size_t a = RO - 1; a-- > 0;) {
-        goff += static_cast<std::ptrdiff_t>(rest % g.dims[a]) * g.strides[a];
-        rest /= g.dims[a];
-      }
+      const std::ptrdiff_t goff = detail::row_offset(k, g);
       for (std::size_t d = 0; d < D; ++d) dst[static_cast<std::ptrdiff_t>(d) * w.second.strides[1]] += g.data[goff + static_cast<std::ptrdiff_t>(d) * gs];
     });
   }

@@ -383,7 +383,7 @@ template <int Axis, Expression X0, Expression... X>
 auto concat(const X0& x0, const X&... x) {
   using S0 = shape_t<X0>;
   constexpr std::size_t ax = detail::axis_of<S0, Axis>;
-  auto agree = []<class S>(std::type_identity<S>) {
+  [[maybe_unused]] auto agree = []<class S>(std::type_identity<S>) {  // used in constant expressions only
     if constexpr (S::rank != S0::rank) return false;
     else {
       for (std::size_t i = 0; i < S0::rank; ++i)
