@@ -32,4 +32,13 @@ inline Tensor<std::int64_t, Shape<dyn>> labels(std::size_t n, std::int64_t class
   for (std::size_t i = 0; i < n; ++i) t(i) = std::int64_t(i) % classes;
   return t;
 }
+/// One step of a 10-class image classifier over [B, C, HW, HW] on a random batch of 2.
+template <class Net, std::size_t C, std::size_t HW>
+int image_classifier_step() {
+  Generator g(0);
+  Net net(g);
+  auto x = input<float, Shape<dyn, C, HW, HW>>();
+  auto y = input<std::int64_t, Shape<dyn>>();
+  return train_step(net, x, y, random<Shape<dyn, C, HW, HW>>({2, C, HW, HW}), labels(2, 10));
+}
 }  // namespace zoo

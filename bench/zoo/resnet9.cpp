@@ -10,10 +10,4 @@ using ResNet9 = nn::Sequential<ConvBN<3, 64>, ConvBN<64, 128>, nn::MaxPool2d<2>,
                                ConvBN<128, 256>, nn::MaxPool2d<2>,                            // 8x8
                                ConvBN<256, 512>, nn::MaxPool2d<2>, Res<512>,                  // 4x4
                                nn::GlobalAvgPool, nn::Linear<512, 10>>;
-int main() {
-  Generator g(0);
-  ResNet9 net(g);
-  auto x = input<float, Shape<dyn, 3, 32, 32>>();
-  auto y = input<std::int64_t, Shape<dyn>>();
-  return train_step(net, x, y, random<Shape<dyn, 3, 32, 32>>({2, 3, 32, 32}), labels(2, 10));
-}
+int main() { return image_classifier_step<ResNet9, 3, 32>(); }

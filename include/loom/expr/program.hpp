@@ -794,13 +794,14 @@ class Program {
   std::array<const void*, N> rt_tag_{};  // run-time type identity of each slot's node
   std::array<Info, N> info_{};
   std::array<std::size_t, N> val_off_{}, adj_off_{}, scratch_off_{};
-  std::array<std::size_t, N> input_id_ = [] {
+  static constexpr std::array<std::size_t, N> nones = [] {
     std::array<std::size_t, N> a{};
     a.fill(none);
     return a;
   }();
+  std::array<std::size_t, N> input_id_ = nones;
   std::array<std::size_t, N> input_pos_{};
-  std::array<std::size_t, N> let_ref_ = input_id_;                // a let reference's definition slot
+  std::array<std::size_t, N> let_ref_ = nones;                    // a let reference's definition slot
   std::vector<std::pair<std::size_t, std::size_t>> let_defs_;      // (let id, definition slot)
   std::size_t num_inputs_ = 0;
   std::shared_ptr<std::byte> arena_;
