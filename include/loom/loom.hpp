@@ -3,6 +3,9 @@
 #include "core/error.hpp"
 #include "core/shape.hpp"
 #include "core/tensor.hpp"
+#if defined(__CUDACC__) || defined(LOOM_ENABLE_DEVICE)
+#include "backend/device/device.hpp"
+#endif
 #include "expr/expr.hpp"
 #include "ops/elementwise.hpp"
 #include "ops/reduce.hpp"

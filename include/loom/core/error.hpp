@@ -16,3 +16,12 @@ struct numeric_error : std::runtime_error {
 };
 
 }  // namespace loom
+
+namespace loom {
+
+/// A CUDA runtime or cuBLAS call failed; the message names the call, where it was made and the error.
+struct cuda_error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+}  // namespace loom

@@ -9,8 +9,10 @@
 #include <new>
 #include <ostream>
 #include <sstream>
+#include <utility>
 
 #include "device.hpp"
+#include "../expr/slots.hpp"
 #include "dtype.hpp"
 #include "random.hpp"
 #include "shape.hpp"
@@ -74,6 +76,27 @@ constexpr std::size_t norm_axis(int axis, std::size_t rank) {
 
 }  // namespace detail
 
+namespace detail {
+/// Host memory: aligned allocation, fills and copies with the C library.
+template <>
+struct DeviceMemory<cpu> {
+  static constexpr bool enabled = true;
+  template <class T>
+  static std::shared_ptr<T> allocate(std::size_t n) { return allocate_aligned<T>(n); }
+  template <class T>
+  static void fill(T* p, std::size_t n, T v) { std::fill_n(p, n, v); }
+  /// Copies n values between two contiguous ranges of this device (they may overlap).
+  template <class T>
+  static void copy(T* dst, const T* src, std::size_t n) { std::memmove(dst, src, n * sizeof(T)); }
+  static void zero_bytes(void* p, std::size_t n) { std::memset(p, 0, n); }
+  /// Host <-> this device (for the host these are plain copies).
+  template <class T>
+  static void to_host(T* host, const T* src, std::size_t n) { std::memcpy(host, src, n * sizeof(T)); }
+  template <class T>
+  static void from_host(T* dst, const T* host, std::size_t n) { std::memcpy(dst, host, n * sizeof(T)); }
+};
+}  // namespace detail
+
 /// A tensor of element type T, static shape S (extents may be `dyn`) on device D. Copies share storage
 /// (like a view); `clone()` copies the data. Row-major; views carry arbitrary (even zero or negative)
 /// strides.
@@ -91,16 +114,16 @@ class Tensor {
   Tensor() : Tensor(S::dims_or(0)) {}
   explicit Tensor(const dims_type& dims) : dims_(dims), strides_(contiguous_strides(dims)) {
     check_dims<S>(dims, "loom::Tensor");
-    auto storage = detail::allocate_aligned<T>(numel(dims));
+    auto storage = Mem::template allocate<T>(numel(dims));
     data_ = storage.get();
     owner_ = std::move(storage);
-    std::fill_n(data_, numel(dims), T{});
+    Mem::fill(data_, numel(dims), T{});
   }
   /// A tensor with the given extents holding a copy of `values` (row-major).
   Tensor(const dims_type& dims, std::initializer_list<T> values) : Tensor(dims) {
     if (values.size() != size())
       throw shape_error("loom::Tensor: " + std::to_string(values.size()) + " values for shape " + to_string(dims));
-    std::copy(values.begin(), values.end(), data_);
+    Mem::from_host(data_, values.begin(), values.size());
   }
 
   /// A view of memory the caller owns (no copy; the caller keeps it alive).
@@ -132,13 +155,16 @@ class Tensor {
   }
 
   template <std::integral... I>
+    requires HostDevice<D>
   T& operator()(I... idx) const {
     static_assert(sizeof...(I) == rank, "loom::Tensor::operator(): number of indices differs from the rank");
     std::ptrdiff_t off = 0, k = 0;
     ((off += static_cast<std::ptrdiff_t>(idx) * strides_[k++]), ...);
     return data_[off];
   }
-  T& at(const dims_type& idx) const {
+  T& at(const dims_type& idx) const
+    requires HostDevice<D>
+  {
     std::ptrdiff_t off = 0;
     for (std::size_t k = 0; k < rank; ++k) {
       if (idx[k] >= dims_[k])
@@ -150,14 +176,23 @@ class Tensor {
   /// The single value of a one-element tensor.
   T item() const {
     if (size() != 1) throw shape_error("loom::Tensor::item: tensor of shape " + to_string(dims_) + " is not a scalar");
-    return *data_;
+    T v{};
+    Mem::to_host(&v, data_, 1);
+    return v;
   }
 
+  /// Calls f(element&) in row-major order (host tensors; copy a device tensor with to<cpu>() first).
   template <class F>
+    requires HostDevice<D>
   void for_each(F&& f) const {
     detail::for_each_offset(dims_, strides_, [&](std::ptrdiff_t o) { f(data_[o]); });
   }
-  const Tensor& fill(T v) const { for_each([v](T& x) { x = v; }); return *this; }
+  const Tensor& fill(T v) const {
+    if constexpr (HostDevice<D>) for_each([v](T& x) { x = v; });
+    else if (is_contiguous()) Mem::fill(data_, size(), v);
+    else Mem::fill_strided(view(), v);
+    return *this;
+  }
   /// Copies `src` (same extents, any strides) into this tensor's elements.
   template <ShapeType S2>
   const Tensor& assign(const Tensor<T, S2, D>& src) const {
@@ -167,14 +202,18 @@ class Tensor {
     T* out = data_;
     const T* in = src.data();
     if (is_contiguous() && src.is_contiguous()) {
-      std::memmove(out, in, size() * sizeof(T));
+      Mem::copy(out, in, size());
       return *this;
     }
-    std::vector<T> tmp;  // general strided copy; the source may overlap the destination
-    tmp.reserve(size());
-    src.for_each([&](T& x) { tmp.push_back(x); });
-    std::size_t k = 0;
-    for_each([&](T& x) { x = tmp[k++]; });
+    if constexpr (!HostDevice<D>) {
+      Mem::assign_strided(view(), src.view());
+    } else {
+      std::vector<T> tmp;  // general strided copy; the source may overlap the destination
+      tmp.reserve(size());
+      src.for_each([&](T& x) { tmp.push_back(x); });
+      std::size_t k = 0;
+      for_each([&](T& x) { x = tmp[k++]; });
+    }
     return *this;
   }
   /// A contiguous copy with its own storage.
@@ -185,6 +224,21 @@ class Tensor {
   }
   /// This tensor if already contiguous, else a contiguous copy.
   Tensor contiguous() const { return is_contiguous() ? *this : clone(); }
+  /// A contiguous copy on device D2 (an explicit transfer; on the same device, a clone).
+  template <Device D2>
+  Tensor<T, S, D2> to() const {
+    if constexpr (std::is_same_v<D, D2>) {
+      return clone();
+    } else {
+      const Tensor src = contiguous();
+      Tensor<T, S, D2> dst(dims_);
+      if constexpr (HostDevice<D>) detail::DeviceMemory<D2>::from_host(dst.data(), src.data(), size());
+      else Mem::to_host(dst.data(), src.data(), size());
+      return dst;
+    }
+  }
+  /// The tensor's memory as a typed strided view (what kernels take).
+  detail::View<T, rank> view() const { return {data_, dims_, strides_}; }
 
   // ---- views (no copies) ----------------------------------------------------------------------------
   /// New static shape S2 (its `dyn` extents given by `dims`); needs a contiguous tensor.
@@ -255,18 +309,23 @@ class Tensor {
   // ---- Eigen interop ----------------------------------------------------------------------------------
   using Matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   /// A 2-D contiguous tensor as a row-major Eigen::Map (no copy).
-  Eigen::Map<Matrix> matrix() const {
+  Eigen::Map<Matrix> matrix() const
+    requires HostDevice<D>
+  {
     static_assert(rank == 2, "loom::Tensor::matrix: needs a 2-D tensor");
     if (!is_contiguous()) throw shape_error("loom::Tensor::matrix: tensor is not contiguous");
     return Eigen::Map<Matrix>(data_, static_cast<Eigen::Index>(dims_[0]), static_cast<Eigen::Index>(dims_[1]));
   }
   /// All elements of a contiguous tensor as an Eigen array (no copy).
-  Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>> array() const {
+  Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>> array() const
+    requires HostDevice<D>
+  {
     if (!is_contiguous()) throw shape_error("loom::Tensor::array: tensor is not contiguous");
     return {data_, static_cast<Eigen::Index>(size())};
   }
   /// Copies any Eigen matrix into a new tensor (2-D).
   template <class Derived>
+    requires HostDevice<D>
   static Tensor from_eigen(const Eigen::DenseBase<Derived>& m) {
     static_assert(rank == 2, "loom::Tensor::from_eigen: needs a 2-D shape");
     Tensor t(dims_type{static_cast<std::size_t>(m.rows()), static_cast<std::size_t>(m.cols())});
@@ -275,6 +334,8 @@ class Tensor {
   }
 
  private:
+  using Mem = detail::DeviceMemory<D>;
+  static_assert(detail::device_enabled<D>, LOOM_DEVICE_DISABLED_MESSAGE);
   struct no_alloc {};
   explicit Tensor(no_alloc) {}
 
@@ -295,25 +356,30 @@ Tensor<T, S, D> full(T v, const Dims<S::rank>& dims = S::dims_or(0)) {
 }
 template <Dtype T, ShapeType S, Device D = cpu>
 Tensor<T, S, D> ones(const Dims<S::rank>& dims = S::dims_or(0)) { return full<T, S, D>(T{1}, dims); }
+namespace detail {
+/// A new tensor on device D holding f(), f(), ... in row-major order (made on the host, then moved).
+template <Dtype T, ShapeType S, Device D, class F>
+Tensor<T, S, D> generate(const Dims<S::rank>& dims, F&& f) {
+  Tensor<T, S, cpu> t(dims);
+  t.for_each([&](T& x) { x = f(); });
+  if constexpr (HostDevice<D>) return t;
+  else return t.template to<D>();
+}
+}  // namespace detail
+
 /// start, start+step, ... in row-major order over the shape.
 template <Dtype T, ShapeType S, Device D = cpu>
 Tensor<T, S, D> arange(T start = 0, T step = 1, const Dims<S::rank>& dims = S::dims_or(0)) {
-  Tensor<T, S, D> t(dims);
   T v = start;
-  t.for_each([&](T& x) { x = v; v += step; });
-  return t;
+  return detail::generate<T, S, D>(dims, [&] { return std::exchange(v, v + step); });
 }
 template <Dtype T, ShapeType S, Device D = cpu>
 Tensor<T, S, D> uniform(Generator& g, double lo = 0, double hi = 1, const Dims<S::rank>& dims = S::dims_or(0)) {
-  Tensor<T, S, D> t(dims);
-  t.for_each([&](T& x) { x = static_cast<T>(g.uniform(lo, hi)); });
-  return t;
+  return detail::generate<T, S, D>(dims, [&] { return static_cast<T>(g.uniform(lo, hi)); });
 }
 template <Dtype T, ShapeType S, Device D = cpu>
 Tensor<T, S, D> normal(Generator& g, double mean = 0, double stddev = 1, const Dims<S::rank>& dims = S::dims_or(0)) {
-  Tensor<T, S, D> t(dims);
-  t.for_each([&](T& x) { x = static_cast<T>(mean + stddev * g.normal()); });
-  return t;
+  return detail::generate<T, S, D>(dims, [&] { return static_cast<T>(mean + stddev * g.normal()); });
 }
 
 // ---- comparison and printing ---------------------------------------------------------------------------
@@ -321,37 +387,45 @@ Tensor<T, S, D> normal(Generator& g, double mean = 0, double stddev = 1, const D
 template <Dtype T, ShapeType S1, ShapeType S2, Device D>
 bool allclose(const Tensor<T, S1, D>& a, const Tensor<T, S2, D>& b, double rtol = 1e-5, double atol = 1e-8) {
   static_assert(S1::rank == S2::rank, "loom::allclose: ranks differ");
-  if (a.dims() != b.dims()) return false;
-  std::vector<double> va, vb;
-  a.for_each([&](T& x) { va.push_back(static_cast<double>(x)); });
-  b.for_each([&](T& x) { vb.push_back(static_cast<double>(x)); });
-  for (std::size_t i = 0; i < va.size(); ++i)
-    if (!(std::abs(va[i] - vb[i]) <= atol + rtol * std::abs(vb[i]))) return false;
-  return true;
+  if constexpr (!HostDevice<D>) {
+    return allclose(a.template to<cpu>(), b.template to<cpu>(), rtol, atol);
+  } else {
+    if (a.dims() != b.dims()) return false;
+    std::vector<double> va, vb;
+    a.for_each([&](T& x) { va.push_back(static_cast<double>(x)); });
+    b.for_each([&](T& x) { vb.push_back(static_cast<double>(x)); });
+    for (std::size_t i = 0; i < va.size(); ++i)
+      if (!(std::abs(va[i] - vb[i]) <= atol + rtol * std::abs(vb[i]))) return false;
+    return true;
+  }
 }
 
 template <Dtype T, ShapeType S, Device D>
 std::ostream& operator<<(std::ostream& os, const Tensor<T, S, D>& t) {
-  constexpr std::size_t R = S::rank;
-  os << "tensor(";
-  if constexpr (R == 0) {
-    os << *t.data();
+  if constexpr (!HostDevice<D>) {
+    return os << t.template to<cpu>() << " on " << D::name;
   } else {
-    std::vector<T> v;
-    t.for_each([&](T& x) { v.push_back(x); });
-    std::size_t k = 0;
-    auto rec = [&](auto&& self, std::size_t ax) -> void {
-      os << '[';
-      for (std::size_t i = 0; i < t.dim(ax); ++i) {
-        if (i) os << (ax + 1 == R ? ", " : ",\n" + std::string(8 + ax, ' '));
-        if (ax + 1 == R) os << v[k++];
-        else self(self, ax + 1);
-      }
-      os << ']';
-    };
-    rec(rec, 0);
+    constexpr std::size_t R = S::rank;
+    os << "tensor(";
+    if constexpr (R == 0) {
+      os << *t.data();
+    } else {
+      std::vector<T> v;
+      t.for_each([&](T& x) { v.push_back(x); });
+      std::size_t k = 0;
+      auto rec = [&](auto&& self, std::size_t ax) -> void {
+        os << '[';
+        for (std::size_t i = 0; i < t.dim(ax); ++i) {
+          if (i) os << (ax + 1 == R ? ", " : ",\n" + std::string(8 + ax, ' '));
+          if (ax + 1 == R) os << v[k++];
+          else self(self, ax + 1);
+        }
+        os << ']';
+      };
+      rec(rec, 0);
+    }
+    return os << ", shape=" << to_string(t.dims()) << ", dtype=" << dtype_name<T>() << ")";
   }
-  return os << ", shape=" << to_string(t.dims()) << ", dtype=" << dtype_name<T>() << ")";
 }
 
 }  // namespace loom

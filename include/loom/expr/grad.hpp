@@ -14,13 +14,13 @@ namespace ops {
 struct Gate : UnaryOp {
   static constexpr std::string_view name = "gate";
   bool open = true;
-  template <class T> T apply(T x) const { return open ? x : T{0}; }
+  template <class T> LOOM_HOST_DEVICE T apply(T x) const { return open ? x : T{0}; }
   auto vjp(const auto& g, const auto&, const auto&) const { return std::tuple{make_node(Gate{{}, open}, g)}; }
 };
 /// z = 1 with x's shape (the seed of a symbolic gradient).
 struct OnesLike : UnaryOp {
   static constexpr std::string_view name = "ones_like";
-  template <class T> T apply(T) const { return T{1}; }
+  template <class T> LOOM_HOST_DEVICE T apply(T) const { return T{1}; }
   auto vjp(const auto&, const auto&, const auto&) const { return std::tuple{NoGrad{}}; }
 };
 }  // namespace ops

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "../backend/cpu/fused.hpp"
+#include "../backend/exec.hpp"
 #include "../ops/elementwise.hpp"
 #include "graph.hpp"
 #include "let.hpp"
@@ -71,6 +72,7 @@ class Program {
  public:
   using value_type = value_t<Root>;
   using shape_type = shape_t<Root>;
+  using device_type = device_t<Root>;
   static constexpr std::size_t rank = shape_type::rank;
   static_assert(Root::kind != Kind::leaf && Root::kind != Kind::view,
                 "loom::compile: the root must compute something (wrap it in materialize())");
@@ -99,7 +101,7 @@ class Program {
 
   /// Runs the forward pass with the inputs as bound (Input::bind); returns the root's value (a view
   /// into the program's buffer, valid until the next forward).
-  Tensor<value_type, shape_type> forward() {
+  Tensor<value_type, shape_type, device_type> forward() {
     bool changed = !planned_;
     leaves<0, Root, false>(*root_, changed);
     if (changed) plan();
@@ -109,7 +111,7 @@ class Program {
   /// Binds tensors to the inputs in the order the inputs were created, then runs forward().
   template <class... Ts>
     requires(sizeof...(Ts) > 0)
-  Tensor<value_type, shape_type> forward(const Ts&... ts) {
+  Tensor<value_type, shape_type, device_type> forward(const Ts&... ts) {
     if (sizeof...(Ts) != num_inputs_)
       throw shape_error("loom::Program::forward: " + std::to_string(sizeof...(Ts)) + " tensors given for " +
                         std::to_string(num_inputs_) + " inputs");
@@ -120,22 +122,25 @@ class Program {
   void backward() {
     if (!planned_) throw std::logic_error("loom::Program::backward: call forward() first");
     if constexpr (Root::requires_grad) {
-      if (adj_end_ > adj_begin_) std::memset(arena_.get() + adj_begin_, 0, adj_end_ - adj_begin_);
-      auto g = detail::adj_view<value_type, rank>(slots_[N - 1]);
-      detail::for_each_offset(g.dims, g.strides, [&](std::ptrdiff_t o) { g.data[o] = value_type{1}; });
+      if (adj_end_ > adj_begin_) Mem::zero_bytes(arena_.get() + adj_begin_, adj_end_ - adj_begin_);
+      const auto g = detail::adj_view<value_type, rank>(slots_[N - 1]);  // the seed: d root / d root = 1
+      if constexpr (HostDevice<device_type>)
+        detail::for_each_offset(g.dims, g.strides, [&](std::ptrdiff_t o) { g.data[o] = value_type{1}; });
+      else
+        set_view(g, value_type{1});
       bwd<0, Root, false>(*root_);
     }
   }
   /// The root's value: a view into the program's buffers (it keeps them alive; the next forward
   /// overwrites it — clone() to keep a copy).
-  Tensor<value_type, shape_type> value() const {
+  Tensor<value_type, shape_type, device_type> value() const {
     auto v = detail::value_view<value_type, rank>(slots_[N - 1]);
-    return Tensor<value_type, shape_type>::wrap(v.data, v.dims, v.strides, arena_);
+    return Tensor<value_type, shape_type, device_type>::wrap(v.data, v.dims, v.strides, arena_);
   }
   /// Throws loom::numeric_error if the root's value holds a NaN or infinity.
   void check_finite() const {
     bool ok = true;
-    value().for_each([&](value_type& x) { ok = ok && std::isfinite(static_cast<double>(x)); });
+    value().template to<cpu>().for_each([&](value_type& x) { ok = ok && std::isfinite(static_cast<double>(x)); });
     if (!ok) throw numeric_error("loom::Program: the value is not finite (NaN or inf)");
   }
 
@@ -181,6 +186,8 @@ class Program {
 
  private:
   static constexpr std::size_t none = static_cast<std::size_t>(-1);
+  using X = backend::Exec<device_type>;           // the device's fused loops
+  using Mem = detail::DeviceMemory<device_type>;  // and memory
   struct Info {
     std::string_view name;
     Kind kind = Kind::leaf;
@@ -376,7 +383,7 @@ class Program {
     dims_pass<0, Root, false>(*root_, reserve, true);
     adj_end_ = bytes;
     if (bytes > capacity_) {
-      arena_ = detail::allocate_aligned<std::byte>(bytes);
+      arena_ = Mem::template allocate<std::byte>(bytes);
       capacity_ = bytes;
     }
     stats_.bytes = bytes;
@@ -522,9 +529,28 @@ class Program {
     }(std::make_index_sequence<E::arity>{});
   }
   template <class T, std::size_t R>
-  backend::cpu::Access<T, R> own_access(std::size_t s, bool adj) const {
+  auto own_access(std::size_t s, bool adj) const {
     auto v = adj ? detail::adj_view<T, R>(slots_[s]) : detail::value_view<T, R>(slots_[s]);
-    return {v.data, v.strides, nullptr};
+    return X::template access<T, R>(v.data, v.strides);
+  }
+  /// Every element of v set to x / multiplied by x (one fused loop on the program's device).
+  template <class T, std::size_t R>
+  static void set_view(const detail::View<T, R>& v, T x) {
+    X::template run_fused<R>(v.dims, true, X::template make_out<backend::Mode::assign>(
+                                              X::template access<T, R>(v.data, v.strides), Scalar<T, device_type>(x),
+                                              static_cast<const detail::SlotRec*>(nullptr), v.dims));
+  }
+  template <class T, std::size_t R>
+  static void scale_view(const detail::View<T, R>& v, T x) {
+    detail::SlotRec tmp{};
+    tmp.val = v.data;
+    for (std::size_t i = 0; i < R; ++i) tmp.dims[i] = v.dims[i], tmp.strides[i] = v.strides[i];
+    X::template run_fused<R>(
+        v.dims, true,
+        X::template make_out<backend::Mode::assign>(
+            X::template access<T, R>(v.data, v.strides),
+            make_node(ops::Mul{}, SlotRef<T, DynShape<R>, 0, false, device_type>{}, Scalar<T, device_type>(x)), &tmp,
+            v.dims));
   }
 
   template <std::size_t Base, class E, bool Inl>
@@ -551,9 +577,8 @@ class Program {
       }
       if constexpr (E::kind == Kind::elementwise) {
         const auto d = detail::slot_dims<R>(r);
-        backend::cpu::run_fused<R>(d, true,
-                                   backend::cpu::make_out<backend::cpu::Mode::assign>(own_access<T, R>(s, false),
-                                                                                      bind_self<Base>(e), slots_.data(), d));
+        X::template run_fused<R>(d, true, X::template make_out<backend::Mode::assign>(own_access<T, R>(s, false),
+                                                                                  bind_self<Base>(e), slots_.data(), d));
       } else if constexpr (E::kind == Kind::reduce) {
         reduce_forward<Base>(e);
       } else if constexpr (is_let<E>::value) {
@@ -567,8 +592,15 @@ class Program {
             return detail::value_view<value_t<detail::child_t<E, J>>, shape_t<detail::child_t<E, J>>::rank>(
                 slots_[Base + E::child_offset[J] + detail::child_t<E, J>::node_count - 1]);
           };
-          if constexpr (has_scratch<E>) e.op.forward(out, in(std::integral_constant<std::size_t, I>{})..., scratch_of<E>(s));
-          else e.op.forward(out, in(std::integral_constant<std::size_t, I>{})...);
+          if constexpr (!HostDevice<device_type>) {
+            constexpr bool has_kernel = requires { e.op.forward(on<device_type>{}, out, in(std::integral_constant<std::size_t, I>{})...); };
+            static_assert(has_kernel, "loom: this op has no kernel for loom::cuda yet (its type is in the instantiation trace)");
+            if constexpr (has_kernel) e.op.forward(on<device_type>{}, out, in(std::integral_constant<std::size_t, I>{})...);
+          } else if constexpr (has_scratch<E>) {
+            e.op.forward(out, in(std::integral_constant<std::size_t, I>{})..., scratch_of<E>(s));
+          } else {
+            e.op.forward(out, in(std::integral_constant<std::size_t, I>{})...);
+          }
         }(std::make_index_sequence<E::arity>{});
       }
     }
@@ -584,17 +616,17 @@ class Program {
     auto& r = slots_[s];
     auto out = detail::value_view<T, shape_t<E>::rank>(r);
     const T init = e.op.is_max ? -std::numeric_limits<T>::infinity() : T{0};
-    detail::for_each_offset(out.dims, out.strides, [&](std::ptrdiff_t o) { out.data[o] = init; });
+    set_view(out, init);
     const auto cd = detail::slot_dims<RC>(slots_[Base + C::node_count - 1]);
-    auto dest = backend::cpu::Access<T, RC>{out.data, e.op.kept_strides(cd, out.strides), nullptr};
+    auto dest = X::template access<T, RC>(out.data, e.op.kept_strides(cd, out.strides));
     auto expr = bind<Base, C, ci>(e.template arg<0>());
     if (e.op.is_max)
-      backend::cpu::run_fused<RC>(cd, true, backend::cpu::make_out<backend::cpu::Mode::max>(dest, expr, slots_.data(), cd));
+      X::template run_fused<RC>(cd, true, X::template make_out<backend::Mode::max>(dest, expr, slots_.data(), cd));
     else
-      backend::cpu::run_fused<RC>(cd, true, backend::cpu::make_out<backend::cpu::Mode::add>(dest, expr, slots_.data(), cd));
+      X::template run_fused<RC>(cd, true, X::template make_out<backend::Mode::add>(dest, expr, slots_.data(), cd));
     if (e.op.is_mean) {
       const T scale = T(1) / T(numel(cd) / std::max<std::size_t>(1, out.size()));
-      detail::for_each_offset(out.dims, out.strides, [&](std::ptrdiff_t o) { out.data[o] *= scale; });
+      scale_view(out, scale);
     }
   }
 
@@ -625,10 +657,10 @@ class Program {
     detail::SlotRec tmp{};
     tmp.val = src.data;
     for (std::size_t i = 0; i < R; ++i) tmp.dims[i] = src.dims[i], tmp.strides[i] = src.strides[i];
-    backend::cpu::run_fused<R>(dst.dims, true,
-                               backend::cpu::make_out<backend::cpu::Mode::assign>(
-                                   backend::cpu::Access<T, R>{dst.data, dst.strides, nullptr},
-                                   SlotRef<T, DynShape<R>, 0>{}, &tmp, dst.dims));
+    X::template run_fused<R>(dst.dims, true,
+                             X::template make_out<backend::Mode::assign>(
+                                   X::template access<T, R>(dst.data, dst.strides),
+                                   SlotRef<T, DynShape<R>, 0, false, device_type>{}, &tmp, dst.dims));
   }
 
   // ---- backward ------------------------------------------------------------------------------------------
@@ -673,7 +705,7 @@ class Program {
   template <std::size_t R, class... GT>
   void run_grads(const Dims<R>& d, const std::tuple<GT...>& outs) {
     std::apply([&](const auto&... o) {
-      backend::cpu::run_fused<R>(d, (owned_grad(o) && ...), make_grad_out<R>(o, d)...);
+      X::template run_fused<R>(d, (owned_grad(o) && ...), make_grad_out<R>(o, d)...);
     }, outs);
   }
   /// Gradient rows may run on several threads only when they land in owned buffers (not views).
@@ -683,8 +715,8 @@ class Program {
   auto make_grad_out(const detail::GradTo<Slot, GE>& o, const Dims<R>& d) const {
     using T = value_t<GE>;
     constexpr std::size_t RS = G::facts[Slot].rank;
-    return backend::cpu::make_out<backend::cpu::Mode::add>(
-        backend::cpu::slot_access<T, RS, R>(slots_[slots_[Slot].canon], true, d), o.expr, slots_.data(), d);
+    return X::template make_out<backend::Mode::add>(
+        X::template slot_access<T, RS, R>(slots_[slots_[Slot].canon], true, d), o.expr, slots_.data(), d);
   }
   template <std::size_t Base, class E>
   void elementwise_backward(const E& e) {
@@ -742,10 +774,10 @@ class Program {
     tmp.val = arena_.get() + adj_off_[s];
     const auto st = contiguous_strides(cd);
     for (std::size_t i = 0; i < RC; ++i) tmp.dims[i] = cd[i], tmp.strides[i] = st[i];
-    backend::cpu::run_fused<RC>(cd, false,
-                                backend::cpu::make_out<backend::cpu::Mode::add>(
-                                    backend::cpu::slot_access<T, RC, RC>(slots_[slots_[cs].canon], true, cd),
-                                    SlotRef<T, DynShape<RC>, 0>{}, &tmp, cd));
+    X::template run_fused<RC>(cd, false,
+                              X::template make_out<backend::Mode::add>(
+                                    X::template slot_access<T, RC, RC>(slots_[slots_[cs].canon], true, cd),
+                                    SlotRef<T, DynShape<RC>, 0, false, device_type>{}, &tmp, cd));
   }
   template <std::size_t Base, class E>
   void kernel_backward(const E& e) {
@@ -753,7 +785,10 @@ class Program {
     constexpr std::size_t R = shape_t<E>::rank;
     using T = value_t<E>;
     [&]<std::size_t... I>(std::index_sequence<I...>) {
-      if constexpr (has_scratch<E>)
+      if constexpr (!HostDevice<device_type>)
+        e.op.backward(on<device_type>{}, detail::adj_view<T, R>(slots_[s]), detail::value_view<T, R>(slots_[s]),
+                      child_arg<Base + E::child_offset[I], detail::child_t<E, I>>()...);
+      else if constexpr (has_scratch<E>)
         e.op.backward(detail::adj_view<T, R>(slots_[s]), detail::value_view<T, R>(slots_[s]),
                       child_arg<Base + E::child_offset[I], detail::child_t<E, I>>()..., scratch_of<E>(s));
       else

@@ -7,6 +7,7 @@
 #include <stdexcept>
 
 #include "../ops/elementwise.hpp"
+#include "../backend/exec.hpp"
 #include "../expr/slots.hpp"
 #include "../ops/reduce.hpp"
 
@@ -39,6 +40,35 @@ struct LabelLoss {
     if (y < 0 || static_cast<std::size_t>(y) >= C)
       throw std::out_of_range("loom::nn: label " + std::to_string(y) + " outside [0, " + std::to_string(C) + ")");
     return static_cast<std::size_t>(y);
+  }
+
+  // ---- device kernels: one thread per sample --------------------------------------------------------
+  template <class L>
+  struct BadLabel {  // 1 where a label is outside [0, C)
+    const L* y;
+    std::ptrdiff_t ys;
+    std::size_t C;
+    LOOM_HOST_DEVICE std::size_t operator()(std::size_t b) const {
+      const L v = y[static_cast<std::ptrdiff_t>(b) * ys];
+      return v < 0 || static_cast<std::size_t>(v) >= C ? 1 : 0;
+    }
+  };
+  /// Checks the labels on the device; on a bad one, brings the labels over and throws as the host does.
+  template <class D, class L>
+  static void check_labels(const loom::detail::View<L, 1>& y, std::size_t C) {
+    const std::size_t B = y.dims[0];
+    if (backend::device::sum_n<std::size_t>(B, BadLabel<L>{y.data, y.strides[0], C}) == 0) return;
+    for (std::size_t b = 0; b < B; ++b) {
+      L v{};
+      loom::detail::DeviceMemory<D>::to_host(&v, y.data + static_cast<std::ptrdiff_t>(b) * y.strides[0], 1);
+      label(v, C);
+    }
+  }
+  /// Writes a host value into a device scalar.
+  template <class D, class T>
+  static void store(const loom::detail::View<T, 0>& out, double v) {
+    const T x = static_cast<T>(v);
+    loom::detail::DeviceMemory<D>::from_host(out.data, &x, 1);
   }
 };
 
@@ -88,6 +118,68 @@ struct CrossEntropy : LabelLoss {
       }
     }
   }
+  // Device: per-sample terms summed by one reduction; the backward writes a row per thread.
+  template <class T, class L>
+  struct Rows {
+    const T* x;
+    std::ptrdiff_t xs0, xs1;
+    const L* y;
+    std::ptrdiff_t ys;
+    std::size_t C;
+    double smoothing;
+    LOOM_HOST_DEVICE T lse(const T* row) const {
+      T m = row[0];
+      for (std::size_t c = 1; c < C; ++c) m = row[c * xs1] > m ? row[c * xs1] : m;
+      T sum = 0;
+      for (std::size_t c = 0; c < C; ++c) sum += std::exp(row[c * xs1] - m);
+      return m + std::log(sum);
+    }
+    LOOM_HOST_DEVICE double operator()(std::size_t b) const {  // the sample's loss
+      const T* row = x + static_cast<std::ptrdiff_t>(b) * xs0;
+      const T l = lse(row);
+      const auto t = static_cast<std::size_t>(y[static_cast<std::ptrdiff_t>(b) * ys]);
+      double mean_x = 0;
+      if (smoothing != 0)
+        for (std::size_t c = 0; c < C; ++c) mean_x += row[c * xs1];
+      return (1 - smoothing) * double(l - row[t * xs1]) + smoothing * (double(l) - mean_x / double(C));
+    }
+  };
+  template <class T, class L>
+  struct RowGrads {
+    Rows<T, L> r;
+    T* dx;
+    std::ptrdiff_t ds0, ds1;
+    const T* g;
+    T inv_denom;
+    LOOM_HOST_DEVICE void operator()(std::size_t b) const {
+      const T* row = r.x + static_cast<std::ptrdiff_t>(b) * r.xs0;
+      T* drow = dx + static_cast<std::ptrdiff_t>(b) * ds0;
+      const T l = r.lse(row), scale = *g * inv_denom;
+      const auto t = static_cast<std::size_t>(r.y[static_cast<std::ptrdiff_t>(b) * r.ys]);
+      for (std::size_t c = 0; c < r.C; ++c) {
+        const T target = T(c == t ? 1 - r.smoothing : 0) + T(r.smoothing / double(r.C));
+        drow[c * ds1] += scale * (std::exp(row[c * r.xs1] - l) - target);
+      }
+    }
+  };
+  template <class D, class T, class L>
+  void forward(on<D>, const loom::detail::View<T, 0>& out, const loom::detail::View<T, 2>& x,
+               const loom::detail::View<L, 1>& y) const {
+    const std::size_t B = x.dims[0], C = x.dims[1];
+    check_labels<D>(y, C);
+    const Rows<T, L> rows{x.data, x.strides[0], x.strides[1], y.data, y.strides[0], C, smoothing};
+    store<D>(out, backend::device::sum_n<double>(B, rows) / denom(B));
+  }
+  template <class D, class T, class L>
+  void backward(on<D>, const loom::detail::View<T, 0>& g, const loom::detail::View<T, 0>&,
+                const std::pair<loom::detail::View<T, 2>, loom::detail::View<T, 2>>& x,
+                const std::pair<loom::detail::View<L, 1>, loom::detail::View<L, 1>>& y) const {
+    if (!x.second.data) return;
+    const auto& v = x.first;
+    const Rows<T, L> rows{v.data, v.strides[0], v.strides[1], y.first.data, y.first.strides[0], v.dims[1], smoothing};
+    backend::device::for_n(v.dims[0], RowGrads<T, L>{rows, x.second.data, x.second.strides[0], x.second.strides[1], g.data,
+                                                     T(1 / denom(v.dims[0]))});
+  }
 };
 /// loss = -mean_b logp[b, y_b];  dlogp[b, c] = -g / B where c == y_b
 struct Nll : LabelLoss {
@@ -109,6 +201,42 @@ struct Nll : LabelLoss {
     for (std::size_t b = 0; b < B; ++b)
       x.second.data[b * x.second.strides[0] + label(y.first.data[b * y.first.strides[0]], C) * x.second.strides[1]] -=
           *g.data / T(denom(B));
+  }
+  template <class T, class L>
+  struct Picked {  // -logp[b, y_b]; or, with dx set, dx[b, y_b] -= g / denom
+    const T* x;
+    std::ptrdiff_t xs0, xs1;
+    const L* y;
+    std::ptrdiff_t ys;
+    T* dx = nullptr;
+    const T* g = nullptr;
+    T inv_denom = 0;
+    LOOM_HOST_DEVICE std::ptrdiff_t at(std::size_t b) const {
+      return static_cast<std::ptrdiff_t>(b) * xs0 + static_cast<std::ptrdiff_t>(y[static_cast<std::ptrdiff_t>(b) * ys]) * xs1;
+    }
+    LOOM_HOST_DEVICE double operator()(std::size_t b) const { return -double(x[at(b)]); }
+    LOOM_HOST_DEVICE void operator()(std::size_t b, int) const { dx[at(b)] -= *g * inv_denom; }
+  };
+  template <class T, class L>
+  struct PickedGrad {
+    Picked<T, L> p;
+    LOOM_HOST_DEVICE void operator()(std::size_t b) const { p(b, 0); }
+  };
+  template <class D, class T, class L>
+  void forward(on<D>, const loom::detail::View<T, 0>& out, const loom::detail::View<T, 2>& x,
+               const loom::detail::View<L, 1>& y) const {
+    check_labels<D>(y, x.dims[1]);
+    store<D>(out, backend::device::sum_n<double>(x.dims[0], Picked<T, L>{x.data, x.strides[0], x.strides[1], y.data, y.strides[0]}) /
+                      denom(x.dims[0]));
+  }
+  template <class D, class T, class L>
+  void backward(on<D>, const loom::detail::View<T, 0>& g, const loom::detail::View<T, 0>&,
+                const std::pair<loom::detail::View<T, 2>, loom::detail::View<T, 2>>& x,
+                const std::pair<loom::detail::View<L, 1>, loom::detail::View<L, 1>>& y) const {
+    if (!x.second.data) return;
+    const auto& d = x.second;  // (labels repeat: rows differ, so every thread writes its own element)
+    backend::device::for_n(d.dims[0], PickedGrad<T, L>{{d.data, d.strides[0], d.strides[1], y.first.data, y.first.strides[0],
+                                                        d.data, g.data, T(1 / denom(d.dims[0]))}});
   }
 };
 

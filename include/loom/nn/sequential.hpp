@@ -74,11 +74,11 @@ struct Sequential {
   }
   template <class F>
   void visit_buffers(F&& f, const std::string& prefix) const {
-    [&]<std::size_t... I>(std::index_sequence<I...>) {
-      ([&](const auto& layer) {
-        if constexpr (requires { layer.visit_buffers(f, prefix); }) layer.visit_buffers(f, prefix + std::to_string(I) + ".");
-      }(get<I>()), ...);
-    }(std::index_sequence_for<L...>{});
+    [&]<std::size_t... I>(std::index_sequence<I...>) { (visit_buffers_of<I>(f, prefix), ...); }(std::index_sequence_for<L...>{});
+  }
+  template <std::size_t I, class F>
+  void visit_buffers_of(F& f, const std::string& prefix) const {
+    if constexpr (requires { get<I>().visit_buffers(f, prefix); }) get<I>().visit_buffers(f, prefix + std::to_string(I) + ".");
   }
 
   /// A per-layer table for an input of static shape In (first extent = batch, may be dyn): output

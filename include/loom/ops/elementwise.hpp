@@ -16,47 +16,47 @@ namespace ops {
 /// z = x + y;  dx = g, dy = g
 struct Add : ElementwiseOp {
   static constexpr std::string_view name = "add";
-  template <class T> T apply(T x, T y) const { return x + y; }
+  template <class T> LOOM_HOST_DEVICE T apply(T x, T y) const { return x + y; }
   template <class P> P packet(const P& x, const P& y) const { return ei::padd(x, y); }
   auto vjp(const auto& g, const auto&, const auto&, const auto&) const { return std::tuple{g, g}; }
 };
 /// z = x - y;  dx = g, dy = -g
 struct Sub : ElementwiseOp {
   static constexpr std::string_view name = "sub";
-  template <class T> T apply(T x, T y) const { return x - y; }
+  template <class T> LOOM_HOST_DEVICE T apply(T x, T y) const { return x - y; }
   template <class P> P packet(const P& x, const P& y) const { return ei::psub(x, y); }
   auto vjp(const auto& g, const auto&, const auto&, const auto&) const;
 };
 /// z = x * y;  dx = g * y, dy = g * x
 struct Mul : ElementwiseOp {
   static constexpr std::string_view name = "mul";
-  template <class T> T apply(T x, T y) const { return x * y; }
+  template <class T> LOOM_HOST_DEVICE T apply(T x, T y) const { return x * y; }
   template <class P> P packet(const P& x, const P& y) const { return ei::pmul(x, y); }
   auto vjp(const auto& g, const auto&, const auto& x, const auto& y) const;
 };
 /// z = x / y;  dx = g / y, dy = -g * z / y
 struct Div : ElementwiseOp {
   static constexpr std::string_view name = "div";
-  template <class T> T apply(T x, T y) const { return x / y; }
+  template <class T> LOOM_HOST_DEVICE T apply(T x, T y) const { return x / y; }
   template <class P> P packet(const P& x, const P& y) const { return ei::pdiv(x, y); }
   auto vjp(const auto& g, const auto& z, const auto& x, const auto& y) const;
 };
 /// z = x ^ y;  dx = g * y * x^(y-1), dy = g * z * log(x)
 struct Pow : ElementwiseOp {
   static constexpr std::string_view name = "pow";
-  template <class T> T apply(T x, T y) const { return std::pow(x, y); }
+  template <class T> LOOM_HOST_DEVICE T apply(T x, T y) const { return std::pow(x, y); }
   auto vjp(const auto& g, const auto& z, const auto& x, const auto& y) const;
 };
 /// z = max(x, y);  dx = g * (x >= y), dy = g * (x < y)
 struct Maximum : ElementwiseOp {
   static constexpr std::string_view name = "maximum";
-  template <class T> T apply(T x, T y) const { return x >= y ? x : y; }
+  template <class T> LOOM_HOST_DEVICE T apply(T x, T y) const { return x >= y ? x : y; }
   auto vjp(const auto& g, const auto&, const auto& x, const auto& y) const;
 };
 /// z = min(x, y);  dx = g * (x <= y), dy = g * (x > y)
 struct Minimum : ElementwiseOp {
   static constexpr std::string_view name = "minimum";
-  template <class T> T apply(T x, T y) const { return x <= y ? x : y; }
+  template <class T> LOOM_HOST_DEVICE T apply(T x, T y) const { return x <= y ? x : y; }
   auto vjp(const auto& g, const auto&, const auto& x, const auto& y) const;
 };
 
@@ -66,7 +66,7 @@ template <Cmp C>
 struct Compare : ElementwiseOp {
   static constexpr std::string_view name = C == Cmp::lt ? "less" : C == Cmp::le ? "less_equal" : C == Cmp::gt ? "greater"
                                            : C == Cmp::ge ? "greater_equal" : "equal";
-  template <class T> T apply(T x, T y) const {
+  template <class T> LOOM_HOST_DEVICE T apply(T x, T y) const {
     const bool r = C == Cmp::lt ? x < y : C == Cmp::le ? x <= y : C == Cmp::gt ? x > y : C == Cmp::ge ? x >= y : x == y;
     return r ? T{1} : T{0};
   }
@@ -86,7 +86,7 @@ using Equal = Compare<Cmp::eq>;
 /// z = c != 0 ? x : y;  dx = where(c, g, 0), dy = where(c, 0, g); no gradient to c
 struct Where : ElementwiseOp {
   static constexpr std::string_view name = "where";
-  template <class T> T apply(T c, T x, T y) const { return c != T{0} ? x : y; }
+  template <class T> LOOM_HOST_DEVICE T apply(T c, T x, T y) const { return c != T{0} ? x : y; }
   auto vjp(const auto& g, const auto&, const auto& c, const auto&, const auto&) const;
 };
 
@@ -97,48 +97,48 @@ struct UnaryOp : ElementwiseOp {};
 /// z = -x; dx = -g
 struct Neg : UnaryOp {
   static constexpr std::string_view name = "neg";
-  template <class T> T apply(T x) const { return -x; }
+  template <class T> LOOM_HOST_DEVICE T apply(T x) const { return -x; }
   template <class P> P packet(const P& x) const { return ei::pnegate(x); }
   auto vjp(const auto& g, const auto&, const auto&) const;
 };
 /// z = exp x; dx = g * z
 struct Exp : UnaryOp {
   static constexpr std::string_view name = "exp";
-  template <class T> T apply(T x) const { return std::exp(x); }
+  template <class T> LOOM_HOST_DEVICE T apply(T x) const { return std::exp(x); }
   template <class P> P packet(const P& x) const { return ei::pexp(x); }
   auto vjp(const auto& g, const auto& z, const auto&) const;
 };
 /// z = log x; dx = g / x
 struct Log : UnaryOp {
   static constexpr std::string_view name = "log";
-  template <class T> T apply(T x) const { return std::log(x); }
+  template <class T> LOOM_HOST_DEVICE T apply(T x) const { return std::log(x); }
   template <class P> P packet(const P& x) const { return ei::plog(x); }
   auto vjp(const auto& g, const auto&, const auto& x) const;
 };
 /// z = sqrt x; dx = g * 0.5 / z
 struct Sqrt : UnaryOp {
   static constexpr std::string_view name = "sqrt";
-  template <class T> T apply(T x) const { return std::sqrt(x); }
+  template <class T> LOOM_HOST_DEVICE T apply(T x) const { return std::sqrt(x); }
   template <class P> P packet(const P& x) const { return ei::psqrt(x); }
   auto vjp(const auto& g, const auto& z, const auto&) const;
 };
 /// z = sign x (0 at 0); dz = 0
 struct Sign : UnaryOp {
   static constexpr std::string_view name = "sign";
-  template <class T> T apply(T x) const { return T((x > T{0}) - (x < T{0})); }
+  template <class T> LOOM_HOST_DEVICE T apply(T x) const { return T((x > T{0}) - (x < T{0})); }
   auto vjp(const auto&, const auto&, const auto&) const { return std::tuple{NoGrad{}}; }
 };
 /// z = |x|; dx = g * sign x
 struct Abs : UnaryOp {
   static constexpr std::string_view name = "abs";
-  template <class T> T apply(T x) const { return std::abs(x); }
+  template <class T> LOOM_HOST_DEVICE T apply(T x) const { return std::abs(x); }
   template <class P> P packet(const P& x) const { return ei::pabs(x); }
   auto vjp(const auto& g, const auto&, const auto& x) const;
 };
 /// z = tanh x; dx = g * (1 - z^2)
 struct Tanh : UnaryOp {
   static constexpr std::string_view name = "tanh";
-  template <class T> T apply(T x) const { return std::tanh(x); }
+  template <class T> LOOM_HOST_DEVICE T apply(T x) const { return std::tanh(x); }
   template <class P>
     requires std::is_same_v<typename ei::unpacket_traits<P>::type, float>
   P packet(const P& x) const { return ei::ptanh(x); }
@@ -147,7 +147,7 @@ struct Tanh : UnaryOp {
 /// z = 1 / (1 + exp(-x)); dx = g * z * (1 - z)
 struct Sigmoid : UnaryOp {
   static constexpr std::string_view name = "sigmoid";
-  template <class T> T apply(T x) const {
+  template <class T> LOOM_HOST_DEVICE T apply(T x) const {
     return x >= T{0} ? T{1} / (T{1} + std::exp(-x)) : std::exp(x) / (T{1} + std::exp(x));
   }
   template <class P> P packet(const P& x) const { return ei::scalar_logistic_op<typename ei::unpacket_traits<P>::type>{}.packetOp(x); }
@@ -156,14 +156,14 @@ struct Sigmoid : UnaryOp {
 /// z = max(x, 0); dx = g * (x > 0)
 struct Relu : UnaryOp {
   static constexpr std::string_view name = "relu";
-  template <class T> T apply(T x) const { return x > T{0} ? x : T{0}; }
+  template <class T> LOOM_HOST_DEVICE T apply(T x) const { return x > T{0} ? x : T{0}; }
   template <class P> P packet(const P& x) const { return ei::pmax(x, ei::pzero(x)); }
   auto vjp(const auto& g, const auto&, const auto& x) const;
 };
 /// d gelu / dx = Phi(x) + x * phi(x)   (exact, erf form)
 struct GeluGrad : UnaryOp {
   static constexpr std::string_view name = "gelu_grad";
-  template <class T> T apply(T x) const {
+  template <class T> LOOM_HOST_DEVICE T apply(T x) const {
     const T cdf = T(0.5) * (T(1) + std::erf(x * T(std::numbers::sqrt2 / 2)));
     return cdf + x * std::exp(T(-0.5) * x * x) * T(std::numbers::inv_sqrtpi / std::numbers::sqrt2);
   }
@@ -172,28 +172,28 @@ struct GeluGrad : UnaryOp {
 /// z = x * Phi(x) (exact, as PyTorch's default); dx = g * gelu_grad(x)
 struct Gelu : UnaryOp {
   static constexpr std::string_view name = "gelu";
-  template <class T> T apply(T x) const { return T(0.5) * x * (T(1) + std::erf(x * T(std::numbers::sqrt2 / 2))); }
+  template <class T> LOOM_HOST_DEVICE T apply(T x) const { return T(0.5) * x * (T(1) + std::erf(x * T(std::numbers::sqrt2 / 2))); }
   auto vjp(const auto& g, const auto&, const auto& x) const;
 };
 /// z = 1 where lo <= x <= hi, else 0
 struct InRange : UnaryOp {
   static constexpr std::string_view name = "in_range";
   double lo, hi;
-  template <class T> T apply(T x) const { return (x >= T(lo) && x <= T(hi)) ? T{1} : T{0}; }
+  template <class T> LOOM_HOST_DEVICE T apply(T x) const { return (x >= T(lo) && x <= T(hi)) ? T{1} : T{0}; }
   auto vjp(const auto&, const auto&, const auto&) const { return std::tuple{NoGrad{}}; }
 };
 /// z = min(max(x, lo), hi); dx = g * (lo <= x <= hi)
 struct Clamp : UnaryOp {
   static constexpr std::string_view name = "clamp";
   double lo, hi;
-  template <class T> T apply(T x) const { return x < T(lo) ? T(lo) : x > T(hi) ? T(hi) : x; }
+  template <class T> LOOM_HOST_DEVICE T apply(T x) const { return x < T(lo) ? T(lo) : x > T(hi) ? T(hi) : x; }
   auto vjp(const auto& g, const auto&, const auto& x) const;
 };
 /// z = x^p for a number p; dx = g * p * x^(p-1)
 struct PowScalar : UnaryOp {
   static constexpr std::string_view name = "pow_scalar";
   double p;
-  template <class T> T apply(T x) const {
+  template <class T> LOOM_HOST_DEVICE T apply(T x) const {
     if (p == 1) return x;
     if (p == 2) return x * x;
     return T(std::pow(x, T(p)));
@@ -204,14 +204,14 @@ struct PowScalar : UnaryOp {
 struct Detach : UnaryOp {
   static constexpr std::string_view name = "detach";
   static constexpr bool differentiable = false;
-  template <class T> T apply(T x) const { return x; }
+  template <class T> LOOM_HOST_DEVICE T apply(T x) const { return x; }
   template <class P> P packet(const P& x) const { return x; }
   auto vjp(const auto&, const auto&, const auto&) const { return std::tuple{NoGrad{}}; }
 };
 /// z = x (used to give a value its own buffer, e.g. `materialize(x)`)
 struct Identity : UnaryOp {
   static constexpr std::string_view name = "identity";
-  template <class T> T apply(T x) const { return x; }
+  template <class T> LOOM_HOST_DEVICE T apply(T x) const { return x; }
   template <class P> P packet(const P& x) const { return x; }
   auto vjp(const auto& g, const auto&, const auto&) const { return std::tuple{g}; }
 };

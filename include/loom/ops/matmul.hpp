@@ -2,6 +2,7 @@
 //   dA = g @ B^T (summed over batch axes A was broadcast along),  dB = A^T @ g (likewise)
 #pragma once
 #include "../backend/cpu/gemm.hpp"
+#include "../backend/exec.hpp"
 #include "op.hpp"
 
 namespace loom {
@@ -71,39 +72,107 @@ struct MatMul {
     return r;
   }
 
-  /// Calls f(out_2d, a_2d, b_2d) for every batch index of the output.
-  template <class T, std::size_t R, std::size_t RA, std::size_t RB, class F>
-  static void for_batches(const detail::View<T, R>& out, const detail::View<T, RA>& a, const detail::View<T, RB>& b, F&& f) {
-    constexpr std::size_t RBt = R - 2;
+  /// The batch extents of `ref` (the widest operand) and the strides of c, a, b over them (0 along the
+  /// axes they are broadcast along).
+  template <std::size_t RBt>
+  struct Batches {
     Dims<RBt> bd{};
-    for (std::size_t i = 0; i < RBt; ++i) bd[i] = out.dims[i];
+    Strides<RBt> sa{}, sb{}, so{};
+  };
+  template <class T, std::size_t RR, std::size_t R, std::size_t RA, std::size_t RB>
+  static Batches<RR - 2> batches(const detail::View<T, RR>& ref, const detail::View<T, R>& out,
+                                 const detail::View<T, RA>& a, const detail::View<T, RB>& b) {
+    Batches<RR - 2> r;
+    for (std::size_t i = 0; i + 2 < RR; ++i) r.bd[i] = ref.dims[i];
     auto batch_strides = [&](const auto& v) {
       constexpr std::size_t RV = std::tuple_size_v<std::remove_cvref_t<decltype(v.dims)>>;
       Dims<RV - 2> d{};
       Strides<RV - 2> s{};
       for (std::size_t i = 0; i + 2 < RV; ++i) d[i] = v.dims[i], s[i] = v.strides[i];
-      return broadcast_strides(d, s, bd);
+      return broadcast_strides(d, s, r.bd);
     };
-    const auto sa = batch_strides(a), sb = batch_strides(b), so = batch_strides(out);
-    auto mat = [](const auto& v, std::ptrdiff_t off) {
-      constexpr std::size_t RV = std::tuple_size_v<std::remove_cvref_t<decltype(v.dims)>>;
-      return detail::View<T, 2>{v.data + off, {v.dims[RV - 2], v.dims[RV - 1]}, {v.strides[RV - 2], v.strides[RV - 1]}};
-    };
+    r.sa = batch_strides(a), r.sb = batch_strides(b), r.so = batch_strides(out);
+    return r;
+  }
+  /// Calls f(offset of out, of a, of b) for every batch index.
+  template <std::size_t RBt, class F>
+  static void each_batch(const Batches<RBt>& bt, F&& f) {
     Dims<RBt> idx{};
-    const std::size_t nb = numel(bd);
+    const std::size_t nb = numel(bt.bd);
     for (std::size_t n = 0; n < nb; ++n) {
       std::ptrdiff_t oa = 0, ob = 0, oo = 0;
       for (std::size_t k = 0; k < RBt; ++k) {
-        oa += static_cast<std::ptrdiff_t>(idx[k]) * sa[k];
-        ob += static_cast<std::ptrdiff_t>(idx[k]) * sb[k];
-        oo += static_cast<std::ptrdiff_t>(idx[k]) * so[k];
+        oa += static_cast<std::ptrdiff_t>(idx[k]) * bt.sa[k];
+        ob += static_cast<std::ptrdiff_t>(idx[k]) * bt.sb[k];
+        oo += static_cast<std::ptrdiff_t>(idx[k]) * bt.so[k];
       }
-      f(mat(out, oo), mat(a, oa), mat(b, ob));
+      f(oo, oa, ob);
       for (std::size_t k = RBt; k-- > 0;) {
-        if (++idx[k] < bd[k]) break;
+        if (++idx[k] < bt.bd[k]) break;
         idx[k] = 0;
       }
     }
+  }
+  template <class T, std::size_t RV>
+  static detail::View<T, 2> mat(const detail::View<T, RV>& v, std::ptrdiff_t off) {
+    return {v.data + off, {v.dims[RV - 2], v.dims[RV - 1]}, {v.strides[RV - 2], v.strides[RV - 1]}};
+  }
+  /// Calls f(out_2d, a_2d, b_2d) for every batch index of the output.
+  template <class T, std::size_t R, std::size_t RA, std::size_t RB, class F>
+  static void for_batches(const detail::View<T, R>& out, const detail::View<T, RA>& a, const detail::View<T, RB>& b, F&& f) {
+    each_batch(batches(out, out, a, b), [&](std::ptrdiff_t oo, std::ptrdiff_t oa, std::ptrdiff_t ob) {
+      f(mat(out, oo), mat(a, oa), mat(b, ob));
+    });
+  }
+
+  // ---- device: cuBLAS; all batches in one strided-batched call when the batch axes merge -------------
+  /// One stride per operand for all batch axes together, when each operand's batch axes are one run.
+  template <std::size_t RBt>
+  static bool merged(const Batches<RBt>& bt, std::ptrdiff_t& ba, std::ptrdiff_t& bb, std::ptrdiff_t& bo) {
+    auto one = [&](const Strides<RBt>& s, std::ptrdiff_t& out) {
+      std::ptrdiff_t next = -1;  // stride the next outer non-unit axis must have
+      out = 0;
+      for (std::size_t k = RBt; k-- > 0;) {
+        if (bt.bd[k] == 1) continue;
+        if (next < 0) out = s[k];
+        else if (s[k] != next) return false;
+        next = s[k] * static_cast<std::ptrdiff_t>(bt.bd[k]);
+      }
+      return true;
+    };
+    return one(bt.sa, ba) && one(bt.sb, bb) && one(bt.so, bo);
+  }
+  /// c (+)= a b batch by batch over ref's batch axes.
+  template <class T, std::size_t RR, std::size_t R, std::size_t RA, std::size_t RB>
+  static void device_gemm(const detail::View<T, RR>& ref, const detail::View<T, R>& c, const detail::View<T, RA>& a,
+                          const detail::View<T, RB>& b, bool accumulate) {
+    const auto bt = batches(ref, c, a, b);
+    std::ptrdiff_t ba = 0, bb = 0, bo = 0;
+    const std::size_t nb = numel(bt.bd);
+    if (nb == 1 || (merged(bt, ba, bb, bo) && bo != 0)) {
+      backend::device::gemm_batched(mat(c, 0), mat(a, 0), mat(b, 0), accumulate, nb, bo, ba, bb);
+    } else {  // batches that accumulate into one output (a broadcast operand's gradient) run in turn
+      each_batch(bt, [&](std::ptrdiff_t oo, std::ptrdiff_t oa, std::ptrdiff_t ob) {
+        backend::device::gemm(mat(c, oo), mat(a, oa), mat(b, ob), accumulate);
+      });
+    }
+  }
+  template <class T, std::size_t R, std::size_t RA, std::size_t RB>
+  void forward(on<cuda>, const detail::View<T, R>& out, const detail::View<T, RA>& a, const detail::View<T, RB>& b) const {
+    device_gemm(out, out, a, b, false);
+  }
+  template <class T, std::size_t R, std::size_t RA, std::size_t RB>
+  void backward(on<cuda>, const detail::View<T, R>& g, const detail::View<T, R>&,
+                const std::pair<detail::View<T, RA>, detail::View<T, RA>>& a,
+                const std::pair<detail::View<T, RB>, detail::View<T, RB>>& b) const {
+    if (a.second.data) device_gemm(g, a.second, g, transposed_batch(b.first), true);  // dA += g B^T
+    if (b.second.data) device_gemm(g, b.second, transposed_batch(a.first), g, true);  // dB += A^T g
+  }
+  template <class T, std::size_t RV>
+  static detail::View<T, RV> transposed_batch(detail::View<T, RV> v) {
+    std::swap(v.dims[RV - 2], v.dims[RV - 1]);
+    std::swap(v.strides[RV - 2], v.strides[RV - 1]);
+    return v;
   }
 
   template <class T, std::size_t R, std::size_t RA, std::size_t RB>

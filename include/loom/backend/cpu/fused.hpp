@@ -8,6 +8,7 @@
 
 #include "../../expr/expr.hpp"
 #include "../../expr/slots.hpp"
+#include "../exec.hpp"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -17,8 +18,7 @@ namespace loom::backend::cpu {
 
 namespace ei = Eigen::internal;
 
-/// What a fused loop does with each computed value at its destination.
-enum class Mode { assign, add, max };
+using backend::Mode;
 
 /// Counters the tests read (loops run, elements written); cheap enough to keep always on.
 struct FusedStats {
@@ -291,3 +291,26 @@ void strided_apply(const detail::View<T, R>& dst, const detail::View<T, RS>& src
 }
 
 }  // namespace loom::backend::cpu
+
+namespace loom::backend {
+
+/// The host's fused loops (see Exec in backend/exec.hpp).
+template <>
+struct Exec<loom::cpu> {
+  template <class T, std::size_t R>
+  using Access = cpu::Access<T, R>;
+  template <class T, std::size_t R>
+  static Access<T, R> access(T* data, const Strides<R>& strides) { return {data, strides, nullptr}; }
+  template <class T, std::size_t RS, std::size_t R>
+  static Access<T, R> slot_access(const detail::SlotRec& s, bool adj, const Dims<R>& to) {
+    return cpu::slot_access<T, RS, R>(s, adj, to);
+  }
+  template <Mode M, class T, std::size_t R, class E>
+  static auto make_out(Access<T, R> d, const E& expr, const detail::SlotRec* slots, const Dims<R>& dims) {
+    return cpu::make_out<M>(d, expr, slots, dims);
+  }
+  template <std::size_t R, class... O>
+  static void run_fused(Dims<R> dims, bool parallel, O... outs) { cpu::run_fused<R>(dims, parallel, outs...); }
+};
+
+}  // namespace loom::backend

@@ -1,0 +1,43 @@
+// loom/backend/exec.hpp — what a compiled program asks of a backend, and how it finds it: the fused
+// loop runner of device D is backend::Exec<D> (cpu: backend/cpu/fused.hpp; cuda: backend/device/fused.hpp).
+#pragma once
+#include <cstddef>
+
+#include "../core/device.hpp"
+#include "../expr/slots.hpp"
+
+namespace loom {
+
+/// Selects the device overload of a kernel op's forward/backward: `forward(on<cuda>, out, in...)`.
+template <class D>
+struct on {};
+
+namespace backend {
+
+/// What a fused loop does with each computed value at its destination.
+enum class Mode { assign, add, max };
+
+/// Per device D: `access<T, R>(data, strides)`, `slot_access<T, RS, R>(slot, adj, extents)`,
+/// `make_out<Mode>(access, expression, slots, extents)` and `run_fused<R>(extents, parallel, outs...)`.
+template <class D>
+struct Exec;
+
+namespace device {
+/// C (+)= A B on the device (declared here so that ops name it; defined in backend/device/gemm.hpp).
+template <class T>
+void gemm(const loom::detail::View<T, 2>& C, const loom::detail::View<T, 2>& A, const loom::detail::View<T, 2>& B,
+          bool accumulate);
+/// `batches` products C + i bc (+)= (A + i ba)(B + i bb) in one call.
+template <class T>
+void gemm_batched(const loom::detail::View<T, 2>& C, const loom::detail::View<T, 2>& A, const loom::detail::View<T, 2>& B,
+                  bool accumulate, std::size_t batches, std::ptrdiff_t bc, std::ptrdiff_t ba, std::ptrdiff_t bb);
+/// f(i) for every i in [0, n), as one device kernel (defined in backend/device/fused.hpp).
+template <class F>
+void for_n(std::size_t n, const F& f);
+/// The sum of f(i) over [0, n), as one device reduction (the result comes back to the host).
+template <class V, class F>
+V sum_n(std::size_t n, const F& f);
+}  // namespace device
+
+}  // namespace backend
+}  // namespace loom

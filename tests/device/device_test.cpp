@@ -1,0 +1,243 @@
+// The device backend (loom::gpu) against the host: every expression is compiled twice, over cpu and
+// over gpu tensors holding the same values, and values and gradients must agree. Built twice: with
+// g++ and Thrust's OMP device system (runs in CI), and with nvcc for CUDA (runs where a GPU is).
+#include <doctest/doctest.h>
+#include <loom/loom.hpp>
+
+#include <stdexcept>
+
+using namespace loom;
+// (`cuda` alone is ambiguous here: CCCL's headers declare a global namespace ::cuda)
+using gpu = loom::cuda;
+
+namespace {
+
+/// The same parameter values on both devices.
+template <class S, class T = float>
+struct Twin {
+  Param<T, S, cpu> h;
+  Param<T, S, gpu> d;
+};
+template <class S, class T = float>
+Twin<S, T> twin(std::uint64_t seed, double lo = -1, double hi = 1) {
+  Generator g(seed);
+  const auto t = uniform<T, S>(g, lo, hi);
+  return {Param<T, S, cpu>(t), Param<T, S, gpu>(t.template to<gpu>())};
+}
+
+template <class T, class S1, class S2>
+void check_close(const Tensor<T, S1, cpu>& host, const Tensor<T, S2, gpu>& dev, double tol) {
+  const auto d = dev.template to<cpu>();
+  REQUIRE(host.dims() == d.dims());
+  CHECK_MESSAGE(allclose(d, host, tol, tol), "device " << d << "\nhost " << host);
+}
+
+/// f over the cpu twins and over the gpu twins: equal values, and equal gradients of sum(f * w).
+template <class F, class... Tw>
+void same_on_both(F f, double tol, const Tw&... tw) {
+  auto eh = f(tw.h...);
+  auto ed = f(tw.d...);
+  using T = value_t<decltype(eh)>;
+  using S = shape_t<decltype(eh)>;
+  auto vh = compile(materialize(eh));
+  auto vd = compile(materialize(ed));
+  const auto yh = vh.forward().clone();
+  check_close(yh, vd.forward(), tol);
+
+  Generator g(99);
+  const auto w = uniform<T, S>(g, -1, 1, yh.dims());
+  auto ph = compile(sum(eh * Constant<T, S, cpu>(w)));
+  auto pd = compile(sum(ed * Constant<T, S, gpu>(w.template to<gpu>())));
+  (tw.h.zero_grad(), ...);
+  (tw.d.zero_grad(), ...);
+  check_close(ph.forward().clone(), pd.forward(), tol);
+  ph.backward();
+  pd.backward();
+  (check_close(tw.h.grad(), tw.d.grad(), tol), ...);
+}
+
+}  // namespace
+
+TEST_CASE("device: the system under test") {
+  MESSAGE("device system: " << std::string(device::system_name()));
+  CHECK(std::string(device::system_name()).size() > 0);
+}
+
+TEST_CASE("device: tensors, transfers, views") {
+  Generator g(1);
+  const auto h = uniform<float, Shape<3, 4>>(g, -1, 1);
+  const auto d = h.to<gpu>();
+  static_assert(std::is_same_v<std::remove_cvref_t<decltype(d)>, Tensor<float, Shape<3, 4>, gpu>>);
+  CHECK(allclose(d.to<cpu>(), h));
+  CHECK(d.data() != h.data());
+  SUBCASE("a transposed view comes back contiguous and transposed") {
+    const auto t = d.transpose().to<cpu>();
+    CHECK(t.is_contiguous());
+    CHECK(allclose(t, h.transpose().clone()));
+  }
+  SUBCASE("fill, strided assign, item") {
+    Tensor<float, Shape<4, 3>, gpu> e;
+    e.assign(d.transpose());
+    CHECK(allclose(e.to<cpu>(), h.transpose().clone()));
+    e.slice<0>(1, 3).fill(7.f);
+    const auto back = e.to<cpu>();
+    CHECK(back(1, 2) == 7.f);
+    CHECK(back(2, 0) == 7.f);
+    CHECK(back(0, 0) == h(0, 0));
+    CHECK(back(3, 1) == h(1, 3));
+    CHECK(d.slice<0>(2, 3).slice<1>(1, 2).reshape<Shape<>>().item() == h(2, 1));
+  }
+  SUBCASE("factories") {
+    CHECK(allclose(ones<float, Shape<5>, gpu>().to<cpu>(), ones<float, Shape<5>>()));
+    CHECK(allclose(arange<float, Shape<2, 3>, gpu>(1, 2).to<cpu>(), arange<float, Shape<2, 3>>(1, 2)));
+    Tensor<float, Shape<2>, gpu> v({2}, {3.f, 4.f});
+    CHECK(v.to<cpu>()(1) == 4.f);
+  }
+}
+
+TEST_CASE("device: the caching allocator reuses freed blocks") {
+  const auto before = device::allocator_stats();
+  { Tensor<float, Shape<1000>, gpu> a; }
+  const auto mid = device::allocator_stats();
+  { Tensor<float, Shape<1000>, gpu> b; }
+  const auto after = device::allocator_stats();
+  CHECK(mid.system_allocs <= before.system_allocs + 1);
+  CHECK(after.system_allocs == mid.system_allocs);
+  CHECK(after.reuses == mid.reuses + 1);
+}
+
+TEST_CASE("device: a fused elementwise chain is one kernel, forward and backward") {
+  auto a = twin<Shape<64, 33>>(1);
+  auto b = twin<Shape<64, 33>>(2);
+  auto c = twin<Shape<33>>(3);
+  auto f = [](const auto& x, const auto& y, const auto& z) { return tanh(x * y + z) * 0.5f + x; };
+  same_on_both(f, 1e-5, a, b, c);
+  auto p = compile(f(a.d, b.d, c.d));
+  p.forward();
+  auto k0 = backend::device::kernel_stats().kernels;
+  p.forward();
+  CHECK(backend::device::kernel_stats().kernels - k0 == 1);
+  CHECK(p.stats().fused_nodes >= 4);
+}
+
+TEST_CASE("device: elementwise ops match the host") {
+  auto a = twin<Shape<5, 7>>(4);
+  auto b = twin<Shape<7>>(5);
+  auto pos = twin<Shape<5, 7>>(6, 0.2, 3.0);
+  SUBCASE("arithmetic, broadcasting, scalars") {
+    same_on_both([](const auto& x, const auto& y, const auto& p) { return (x - y) * y / p + 2.0f * x - 1.5f; }, 1e-5, a, b, pos);
+  }
+  SUBCASE("pow") { same_on_both([](const auto& p, const auto& y) { return pow(p, y + 2.0f) + pow(p, 3); }, 1e-4, pos, b); }
+  SUBCASE("unary") {
+    same_on_both([](const auto& x, const auto& p) {
+      return exp(x) + log(p) + sqrt(p) + abs(x) + sigmoid(x * 3.0f) + relu(x) + gelu(x) + clamp(p, 0.7, 2.1) - x;
+    }, 1e-5, a, pos);
+  }
+  SUBCASE("maximum, minimum, where, comparisons") {
+    same_on_both([](const auto& x, const auto& y) {
+      return maximum(x, y) + minimum(x, y) * 2.0f + where(greater(x, y), x, y * 3.0f);
+    }, 1e-5, a, b);
+  }
+}
+
+TEST_CASE("device: reductions match the host") {
+  auto a = twin<Shape<6, 300>>(7);
+  SUBCASE("sum, mean, max over axes") {
+    same_on_both([](const auto& x) { return sum<1>(x) + mean<1>(x) * 2.0f + max<1>(x); }, 1e-4, a);
+    same_on_both([](const auto& x) { return sum<0>(x) + max<0>(x); }, 1e-4, a);
+  }
+  SUBCASE("softmax and logsumexp") {
+    same_on_both([](const auto& x) { return softmax(x * 3.0f) + logsumexp<-1>(x, keepdims); }, 1e-5, a);
+  }
+  SUBCASE("a long full reduction (one parallel reduction)") {
+    auto big = twin<Shape<200000>>(8);
+    same_on_both([](const auto& x) { return sum(tanh(x)) * 1e-3f; }, 1e-4, big);
+  }
+  SUBCASE("the gradient of a broadcast operand sums over the batch") {
+    auto bias = twin<Shape<300>>(9);
+    same_on_both([](const auto& x, const auto& bb) { return relu(x + bb); }, 1e-5, a, bias);
+  }
+}
+
+TEST_CASE("device: matmul (cuBLAS on CUDA) matches the host") {
+  SUBCASE("2-D, and with a transposed operand") {
+    auto x = twin<Shape<17, 40>>(10);
+    auto w = twin<Shape<24, 40>>(11);
+    same_on_both([](const auto& p, const auto& q) { return matmul(p, transpose(q)); }, 1e-4, x, w);
+    auto v = twin<Shape<40, 24>>(12);
+    same_on_both([](const auto& p, const auto& q) { return matmul(p, q); }, 1e-4, x, v);
+  }
+  SUBCASE("batched (one strided-batched call) and broadcast over the batch") {
+    auto a = twin<Shape<3, 8, 5>>(13);
+    auto b = twin<Shape<3, 5, 6>>(14);
+    auto w = twin<Shape<5, 6>>(15);
+    same_on_both([](const auto& p, const auto& q) { return matmul(p, q); }, 1e-4, a, b);
+    same_on_both([](const auto& p, const auto& q) { return matmul(p, q); }, 1e-4, a, w);
+  }
+}
+
+namespace {
+template <class D>
+struct Mlp {  // 20 -> 32 -> 5 with ReLU, the parameters on device D
+  Param<float, Shape<32, 20>, D> w1;
+  Param<float, Shape<32>, D> b1;
+  Param<float, Shape<5, 32>, D> w2;
+  Param<float, Shape<5>, D> b2;
+  auto operator()(const auto& x) const { return matmul(relu(matmul(x, transpose(w1)) + b1), transpose(w2)) + b2; }
+};
+template <class D>
+Mlp<D> mlp(std::uint64_t seed) {
+  Generator g(seed);
+  auto u = [&]<class S>(S) { return Param<float, S, D>(uniform<float, S, D>(g, -0.3, 0.3)); };
+  return {u(Shape<32, 20>{}), u(Shape<32>{}), u(Shape<5, 32>{}), u(Shape<5>{})};
+}
+}  // namespace
+
+TEST_CASE("device: an MLP training step (cross-entropy) matches the host, without allocating") {
+  auto h = mlp<cpu>(21);
+  auto d = mlp<gpu>(21);
+  auto xh = input<float, Shape<dyn, 20>>();
+  auto yh = input<std::int64_t, Shape<dyn>>();
+  auto xd = input<float, Shape<dyn, 20>, gpu>();
+  auto yd = input<std::int64_t, Shape<dyn>, gpu>();
+  auto ph = compile(nn::cross_entropy(h(xh), yh, 0.1));
+  auto pd = compile(nn::cross_entropy(d(xd), yd, 0.1));
+  Generator g(5);
+  const auto xb = uniform<float, Shape<dyn, 20>>(g, -1, 1, {16, 20});
+  Tensor<std::int64_t, Shape<dyn>> yb({16});
+  for (std::size_t i = 0; i < 16; ++i) yb(i) = static_cast<std::int64_t>(i % 5);
+  const auto xbd = xb.to<gpu>();
+  const auto ybd = yb.to<gpu>();
+  const float lh = ph.forward(xb, yb).item();
+  const float ld = pd.forward(xbd, ybd).item();
+  CHECK(ld == doctest::Approx(lh).epsilon(1e-5));
+  ph.backward();
+  pd.backward();
+  check_close(h.w1.grad(), d.w1.grad(), 1e-5);
+  check_close(h.b1.grad(), d.b1.grad(), 1e-5);
+  check_close(h.w2.grad(), d.w2.grad(), 1e-5);
+  check_close(h.b2.grad(), d.b2.grad(), 1e-5);
+
+  SUBCASE("steady-state steps take no new device memory") {
+    const auto before = device::allocator_stats().system_allocs;
+    for (int i = 0; i < 3; ++i) {
+      pd.forward(xbd, ybd);
+      pd.backward();
+    }
+    CHECK(device::allocator_stats().system_allocs == before);
+  }
+  SUBCASE("nll_loss of log_softmax equals cross_entropy") {
+    auto pn = compile(nn::nll_loss(log_softmax(d(xd)), yd));
+    auto pc = compile(nn::cross_entropy(d(xd), yd));
+    CHECK(pn.forward(xbd, ybd).item() == doctest::Approx(pc.forward(xbd, ybd).item()).epsilon(1e-5));
+  }
+  SUBCASE("a label outside [0, C) throws, as on the host") {
+    auto bad = yb.clone();
+    bad(3) = 7;
+    CHECK_THROWS_AS(pd.forward(xbd, bad.to<gpu>()), std::out_of_range);
+  }
+  SUBCASE("a wrong batch is a shape_error naming both shapes") {
+    const auto y8 = Tensor<std::int64_t, Shape<dyn>>({8}).to<gpu>();
+    CHECK_THROWS_AS(pd.forward(xbd, y8), shape_error);
+  }
+}
