@@ -1,6 +1,9 @@
 // Trains a classifier on Fashion-MNIST (/usr/share/datasets/fashion-mnist, Debian's
 // dataset-fashion-mnist) with a progress bar, and reports train loss, test loss and test accuracy per
-// epoch. The network is a type; its loss is compiled once.
+// epoch. The network is a type; its loss is compiled once. --device cuda trains the MLP with its
+// parameters, activations and optimizer state in device memory (needs the device backend: the
+// fashion_mnist_cuda target built by nvcc, or a build with LOOM_ENABLE_DEVICE, which runs device code
+// on Thrust's OMP system).
 #include <CLI/CLI.hpp>
 #include <loom/data/data.hpp>
 #include <loom/loom.hpp>
@@ -37,6 +40,7 @@ static_assert(ResNet::num_params == 112394);
 
 struct Options {
   std::string model = "mlp", optimizer = "adam", schedule = "cosine", data_dir = data::FashionMNIST::default_dir;
+  std::string device = "cpu";
   std::string checkpoint = "fashion_mnist.safetensors";
   bool resume = false, eval_only = false, augment = false;
   int epochs = 3, threads = 0;
@@ -45,8 +49,10 @@ struct Options {
   std::uint64_t seed = 0;
 };
 
-template <class Net>
+/// Trains Net (declared on the host) with its parameters on device D.
+template <class HostNet, class D = cpu>
 int train(const Options& o) {
+  using Net = nn::on_device_t<HostNet, D>;
   const auto t_load = Clock::now();
   auto train_set = data::FashionMNIST::train(o.data_dir), test_set = data::FashionMNIST::test(o.data_dir);
   data::normalize(test_set, 0.2860f, 0.3530f);
@@ -55,18 +61,23 @@ int train(const Options& o) {
   Generator gen(o.seed);
   Net net(gen);
   std::printf("model %s: %zu parameters\n%s", o.model.c_str(), Net::num_params,
-              Net::template summary<Shape<dyn, 1, 28, 28>>().c_str());
-  auto x = input<float, Shape<dyn, 1, 28, 28>>();
-  auto y = input<std::int64_t, Shape<dyn>>();
+              HostNet::template summary<Shape<dyn, 1, 28, 28>>().c_str());
+  auto x = input<float, Shape<dyn, 1, 28, 28>, D>();
+  auto y = input<std::int64_t, Shape<dyn>, D>();
+  // Batches are assembled on the host; on a device they are copied over before each step.
+  auto dev = [](const auto& t) {
+    if constexpr (HostDevice<D>) return t;
+    else return t.template to<D>();
+  };
   auto logits = net(x);
   auto step = compile(nn::cross_entropy(logits, y));  // forward + backward generated here
   auto loss_only = compile(nn::cross_entropy(logits, y));
   auto predict = compile(logits);
-  using Opt = std::variant<optim::SGD<float>, optim::Adam<float>, optim::AdamW<float>>;
-  auto params = nn::parameters(net);
-  Opt opt = o.optimizer == "sgd"    ? Opt(optim::SGD<float>(params, {.lr = o.lr, .momentum = 0.9}))
-            : o.optimizer == "adamw" ? Opt(optim::AdamW<float>(params, {.lr = o.lr, .weight_decay = 0.01}))
-                                     : Opt(optim::Adam<float>(params, {.lr = o.lr}));
+  using Opt = std::variant<optim::SGD<float, D>, optim::Adam<float, D>, optim::AdamW<float, D>>;
+  auto params = nn::parameters<float, D>(net);
+  Opt opt = o.optimizer == "sgd"    ? Opt(optim::SGD<float, D>(params, {.lr = o.lr, .momentum = 0.9}))
+            : o.optimizer == "adamw" ? Opt(optim::AdamW<float, D>(params, {.lr = o.lr, .weight_decay = 0.01}))
+                                     : Opt(optim::Adam<float, D>(params, {.lr = o.lr}));
   // Training samples are augmented (optionally) and normalized as each batch is assembled, on the loader's
   // background thread; the test set was normalized once above.
   std::vector<data::Transform> transforms;
@@ -80,8 +91,9 @@ int train(const Options& o) {
     std::size_t correct = 0;
     for (auto it = test_loader.begin(); it != test_loader.end(); ++it) {
       const auto& b = *it;
-      test_loss += loss_only.forward(b.x, b.y).item() * double(b.y.size());
-      auto out = predict.forward(b.x);
+      const auto bx = dev(b.x);
+      test_loss += loss_only.forward(bx, dev(b.y)).item() * double(b.y.size());
+      const auto out = predict.forward(bx).template to<cpu>();
       for (std::size_t i = 0; i < b.y.size(); ++i) {
         std::size_t best = 0;
         for (std::size_t c = 1; c < 10; ++c)
@@ -114,7 +126,7 @@ int train(const Options& o) {
     std::size_t n = 0;
     for (auto it = loader.begin(); it != loader.end(); ++it) {
       const auto& b = *it;
-      total += step.forward(b.x, b.y).item();
+      total += step.forward(dev(b.x), dev(b.y)).item();
       step.backward();
       const double lr = o.schedule == "cosine" ? optim::cosine_lr(o.lr, global_step++, total_steps) : o.lr;
       std::visit([lr](auto& op) { op.options().lr = lr; op.step(); op.zero_grad(); }, opt);
@@ -143,6 +155,7 @@ int main(int argc, char** argv) {
   app.add_option("--optimizer", o.optimizer, "sgd (momentum 0.9) | adam | adamw")->check(CLI::IsMember({"sgd", "adam", "adamw"}));
   app.add_option("--schedule", o.schedule, "learning-rate schedule: cosine | constant")->check(CLI::IsMember({"cosine", "constant"}));
   app.add_option("--threads", o.threads, "OpenMP threads (0: all cores)");
+  app.add_option("--device", o.device, "cpu | cuda (the MLP)")->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_option("--seed", o.seed, "seed for initialization and shuffling");
   app.add_option("--data-dir", o.data_dir, "folder with the four IDX files");
   app.add_option("--checkpoint", o.checkpoint, "safetensors file written after every epoch");
@@ -154,6 +167,15 @@ int main(int argc, char** argv) {
   if (o.threads > 0) omp_set_num_threads(o.threads);
 #endif
   try {
+    if (o.device == "cuda") {
+#if defined(__CUDACC__) || defined(LOOM_ENABLE_DEVICE)
+      if (o.model != "mlp") throw std::invalid_argument("--device cuda: only --model mlp has device kernels yet");
+      std::printf("device: loom::cuda on the %s system\n", device::system_name());
+      return train<MLP, loom::cuda>(o);
+#else
+      throw std::invalid_argument("--device cuda: this binary was built without the device backend (build fashion_mnist_cuda)");
+#endif
+    }
     if (o.model == "cnn") return train<CNN>(o);
     if (o.model == "resnet") return train<ResNet>(o);
     return train<MLP>(o);

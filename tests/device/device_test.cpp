@@ -176,6 +176,53 @@ TEST_CASE("device: matmul (cuBLAS on CUDA) matches the host") {
   }
 }
 
+TEST_CASE("device: concat, pad, dilate (one implementation for both devices) match the host") {
+  auto a = twin<Shape<3, 4>>(30);
+  auto b = twin<Shape<3, 2>>(31);
+  same_on_both([](const auto& x, const auto& y) { return concat<1>(x, y * 2.0f, exp(x)); }, 1e-5, a, b);
+  same_on_both([](const auto& x) { return pad<1, 2, 1>(x) * 2.0f + 1.0f; }, 1e-5, a);
+  same_on_both([](const auto& x) { return dilate<0, 2>(x) * 3.0f; }, 1e-5, a);
+}
+
+TEST_CASE("device: conv2d (im2col + GEMM) and pooling match the host") {
+  auto x = twin<Shape<2, 3, 9, 8>>(40);
+  auto w = twin<Shape<4, 3, 3, 3>>(41);
+  SUBCASE("conv2d: stride 1 padding 1; stride 2 padding 0 dilation 2") {
+    same_on_both([](const auto& a, const auto& b) { return conv2d<1, 1>(a, b); }, 1e-4, x, w);
+    same_on_both([](const auto& a, const auto& b) { return conv2d<2, 0, 2>(a, b); }, 1e-4, x, w);
+  }
+  SUBCASE("max and average pooling, with overlapping windows") {
+    same_on_both([](const auto& a) { return max_pool2d<2>(a) * 2.0f; }, 1e-5, x);
+    same_on_both([](const auto& a) { return max_pool2d<3, 2>(a) + avg_pool2d<3, 2>(a); }, 1e-5, x);
+    same_on_both([](const auto& a) { return avg_pool2d<3, 1>(a) * 3.0f; }, 1e-5, x);
+  }
+}
+
+TEST_CASE("device: embedding (gather; scatter-add with atomics for repeated indices)") {
+  auto table = twin<Shape<7, 5>>(50);
+  Tensor<std::int64_t, Shape<3, 4>> ids({3, 4}, {0, 6, 2, 2, 5, 0, 0, 1, 3, 2, 6, 6});
+  Constant<std::int64_t, Shape<3, 4>, cpu> ih(ids);
+  Constant<std::int64_t, Shape<3, 4>, gpu> id(ids.to<gpu>());
+  auto eh = embedding(table.h, ih);
+  auto ed = embedding(table.d, id);
+  Generator g(3);
+  const auto w = uniform<float, Shape<3, 4, 5>>(g, -1, 1);
+  auto ph = compile(sum(eh * Constant<float, Shape<3, 4, 5>, cpu>(w)));
+  auto pd = compile(sum(ed * Constant<float, Shape<3, 4, 5>, gpu>(w.to<gpu>())));
+  CHECK(pd.forward().item() == doctest::Approx(ph.forward().item()).epsilon(1e-5));
+  ph.backward();
+  pd.backward();
+  check_close(table.h.grad(), table.d.grad(), 1e-5);
+  check_close(compile(materialize(eh)).forward().clone(), compile(materialize(ed)).forward(), 0);
+  SUBCASE("an index outside the table throws, as on the host") {
+    auto bad = ids.clone();
+    bad(1, 2) = 7;
+    Constant<std::int64_t, Shape<3, 4>, gpu> b(bad.to<gpu>());
+    auto p = compile(materialize(embedding(table.d, b)));
+    CHECK_THROWS_AS(p.forward(), std::out_of_range);
+  }
+}
+
 namespace {
 template <class D>
 struct Mlp {  // 20 -> 32 -> 5 with ReLU, the parameters on device D
@@ -240,4 +287,117 @@ TEST_CASE("device: an MLP training step (cross-entropy) matches the host, withou
     const auto y8 = Tensor<std::int64_t, Shape<dyn>>({8}).to<gpu>();
     CHECK_THROWS_AS(pd.forward(xbd, y8), shape_error);
   }
+}
+
+namespace {
+using Net = nn::Sequential<nn::Linear<12, 16>, nn::ReLU, nn::Linear<16, 4>>;
+using GpuNet = Net::on_device<gpu>;
+static_assert(std::is_same_v<decltype(GpuNet{std::declval<Generator&>()}.get<0>().weight), Param<float, Shape<16, 12>, gpu>>);
+
+/// Trains the host and the device copy of N for a few steps with the optimizer `make` builds on inputs
+/// of shape [10, Sample...]; the parameters must stay equal.
+template <class N = Net, class XS = Shape<dyn, 12>, class Make>
+void train_both(Make make, double tol) {
+  Generator g1(3), g2(3);
+  N h(g1);
+  typename N::template on_device<gpu> d(g2);
+  auto xh = input<float, XS>();
+  auto yh = input<std::int64_t, Shape<dyn>>();
+  auto xd = input<float, XS, gpu>();
+  auto yd = input<std::int64_t, Shape<dyn>, gpu>();
+  auto ph = compile(nn::cross_entropy(h(xh), yh));
+  auto pd = compile(nn::cross_entropy(d(xd), yd));
+  auto oh = make(nn::parameters(h));
+  auto od = make(nn::parameters<float, gpu>(d));
+  Generator g(7);
+  auto xdims = XS::dims_or(10);
+  const auto x = uniform<float, XS>(g, -1, 1, xdims);
+  Tensor<std::int64_t, Shape<dyn>> y({10});
+  for (std::size_t i = 0; i < 10; ++i) y(i) = static_cast<std::int64_t>((i * 7) % 3);
+  const auto x2 = x.template to<gpu>();
+  const auto y2 = y.template to<gpu>();
+  for (int s = 0; s < 4; ++s) {
+    const float lh = ph.forward(x, y).item(), ld = pd.forward(x2, y2).item();
+    CHECK(ld == doctest::Approx(lh).epsilon(tol));
+    ph.backward();
+    pd.backward();
+    oh.step();
+    od.step();
+    oh.zero_grad();
+    od.zero_grad();
+  }
+  const auto rh = nn::parameters(h);
+  const auto rd = nn::parameters<float, gpu>(d);
+  REQUIRE(rh.size() == rd.size());
+  for (std::size_t i = 0; i < rh.size(); ++i) {
+    std::vector<float> v(rd[i].size), gd(rd[i].size);
+    loom::detail::DeviceMemory<gpu>::to_host(v.data(), rd[i].value, v.size());
+    loom::detail::DeviceMemory<gpu>::to_host(gd.data(), rd[i].grad, gd.size());
+    for (std::size_t k = 0; k < v.size(); ++k) {
+      CHECK_MESSAGE(std::abs(v[k] - rh[i].value[k]) <= tol * (1 + std::abs(rh[i].value[k])), rh[i].name << "[" << k << "]");
+      CHECK(gd[k] == 0.0f);  // zero_grad ran on the device
+    }
+  }
+}
+}  // namespace
+
+TEST_CASE("device: optimizers update device parameters as on the host") {
+  SUBCASE("sgd, momentum, nesterov, weight decay") {
+    train_both([]<class D>(std::vector<nn::ParamRef<float, D>> p) {
+      return optim::SGD<float, D>(p, {.lr = 0.1, .momentum = 0.9, .weight_decay = 0.01, .nesterov = true});
+    }, 1e-5);
+  }
+  SUBCASE("adam") {
+    train_both([]<class D>(std::vector<nn::ParamRef<float, D>> p) { return optim::Adam<float, D>(p, {.lr = 0.01}); }, 1e-5);
+  }
+  SUBCASE("adamw") {
+    train_both([]<class D>(std::vector<nn::ParamRef<float, D>> p) { return optim::AdamW<float, D>(p, {.lr = 0.01}); }, 1e-5);
+  }
+  SUBCASE("rmsprop with momentum") {
+    train_both([]<class D>(std::vector<nn::ParamRef<float, D>> p) {
+      return optim::RMSprop<float, D>(p, {.lr = 0.01, .momentum = 0.5});
+    }, 1e-5);
+  }
+}
+
+TEST_CASE("device: a small CNN (Conv2d, ReLU, max pooling, Linear) trains as on the host") {
+  using Cnn = nn::Sequential<nn::Conv2d<1, 4, 3, 1, 1>, nn::ReLU, nn::MaxPool2d<2>, nn::Flatten, nn::Linear<4 * 4 * 4, 3>>;
+  train_both<Cnn, Shape<dyn, 1, 8, 8>>([]<class D>(std::vector<nn::ParamRef<float, D>> p) {
+    return optim::Adam<float, D>(p, {.lr = 0.01});
+  }, 1e-4);
+}
+
+TEST_CASE("device: clip_grad_norm and checkpoints of a device model") {
+  Generator g1(4), g2(4);
+  Net h(g1);
+  GpuNet d(g2);
+  auto xh = input<float, Shape<dyn, 12>>();
+  auto xd = input<float, Shape<dyn, 12>, gpu>();
+  auto ph = compile(sum(h(xh) * h(xh)));
+  auto pd = compile(sum(d(xd) * d(xd)));
+  Generator g(8);
+  const auto x = uniform<float, Shape<dyn, 12>>(g, -1, 1, {6, 12});
+  ph.forward(x);
+  pd.forward(x.to<gpu>());
+  ph.backward();
+  pd.backward();
+  auto rh = nn::parameters(h);
+  auto rd = nn::parameters<float, gpu>(d);
+  const double nh = optim::clip_grad_norm(rh, 0.5), nd = optim::clip_grad_norm(rd, 0.5);
+  CHECK(nd == doctest::Approx(nh).epsilon(1e-5));
+  check_close(h.get<0>().weight.grad(), d.get<0>().weight.grad(), 1e-5);
+
+  optim::Adam<float, gpu> opt(rd, {.lr = 0.01});
+  opt.step();
+  const std::string path = "device_test_checkpoint.safetensors";
+  io::save_module(path, d, io::optimizer_state(opt));
+  Generator g3(99);
+  GpuNet e(g3);
+  optim::Adam<float, gpu> opt2(nn::parameters<float, gpu>(e), {.lr = 0.01});
+  const auto file = io::load_module(path, e);
+  io::restore_optimizer(opt2, file, path);
+  check_close(d.get<0>().weight.value().to<cpu>(), e.get<0>().weight.value(), 0);
+  CHECK(opt2.step_count() == 1);
+  check_close(opt.state_buffers()[1].second->to<cpu>(), *opt2.state_buffers()[1].second, 0);
+  std::remove(path.c_str());
 }

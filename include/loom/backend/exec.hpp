@@ -31,6 +31,9 @@ void gemm(const loom::detail::View<T, 2>& C, const loom::detail::View<T, 2>& A, 
 template <class T>
 void gemm_batched(const loom::detail::View<T, 2>& C, const loom::detail::View<T, 2>& A, const loom::detail::View<T, 2>& B,
                   bool accumulate, std::size_t batches, std::ptrdiff_t bc, std::ptrdiff_t ba, std::ptrdiff_t bb);
+/// *p += v as one atomic operation (scatter-adds into gradients; defined in backend/device/fused.hpp).
+template <class T>
+LOOM_HOST_DEVICE void atomic_add(T* p, T v);
 /// f(i) for every i in [0, n), as one device kernel (defined in backend/device/fused.hpp).
 template <class F>
 void for_n(std::size_t n, const F& f);

@@ -45,6 +45,14 @@ bool same_op(const Op& a, const Op& b) {
 template <class T>
 constexpr bool is_nograd = std::is_same_v<std::remove_cvref_t<T>, NoGrad>;
 
+/// Kernel ops that take the device first: `op.forward(on<D>{}, out, in...)`, `op.backward(on<D>{}, ...)`.
+/// (Concepts over types, not requires-expressions over the program's lambdas: nvcc's front end
+/// misjudges those.)
+template <class Op, class D, class... A>
+concept TaggedForward = requires(const Op& op, const A&... a) { op.forward(on<D>{}, a...); };
+template <class Op, class D, class... A>
+concept TaggedBackward = requires(const Op& op, const A&... a) { op.backward(on<D>{}, a...); };
+
 /// A contribution to slot Slot's gradient, as an expression over slots.
 template <std::size_t Slot, class E>
 struct GradTo {
@@ -592,10 +600,16 @@ class Program {
             return detail::value_view<value_t<detail::child_t<E, J>>, shape_t<detail::child_t<E, J>>::rank>(
                 slots_[Base + E::child_offset[J] + detail::child_t<E, J>::node_count - 1]);
           };
-          if constexpr (!HostDevice<device_type>) {
-            constexpr bool has_kernel = requires { e.op.forward(on<device_type>{}, out, in(std::integral_constant<std::size_t, I>{})...); };
-            static_assert(has_kernel, "loom: this op has no kernel for loom::cuda yet (its type is in the instantiation trace)");
-            if constexpr (has_kernel) e.op.forward(on<device_type>{}, out, in(std::integral_constant<std::size_t, I>{})...);
+          // An op written once for every device takes on<D> first; host-only kernels do not.
+          using Op = std::remove_cvref_t<decltype(e.op)>;
+          constexpr bool tagged = has_scratch<E> ? detail::TaggedForward<Op, device_type, decltype(out), in_view<E, I>..., T*>
+                                                 : detail::TaggedForward<Op, device_type, decltype(out), in_view<E, I>...>;
+          if constexpr (tagged && has_scratch<E>) {
+            e.op.forward(on<device_type>{}, out, in(std::integral_constant<std::size_t, I>{})..., scratch_of<E>(s));
+          } else if constexpr (tagged) {
+            e.op.forward(on<device_type>{}, out, in(std::integral_constant<std::size_t, I>{})...);
+          } else if constexpr (!HostDevice<device_type>) {
+            static_assert(tagged, "loom: this op has no kernel for loom::cuda yet (its type is in the instantiation trace)");
           } else if constexpr (has_scratch<E>) {
             e.op.forward(out, in(std::integral_constant<std::size_t, I>{})..., scratch_of<E>(s));
           } else {
@@ -785,9 +799,19 @@ class Program {
     constexpr std::size_t R = shape_t<E>::rank;
     using T = value_t<E>;
     [&]<std::size_t... I>(std::index_sequence<I...>) {
-      if constexpr (!HostDevice<device_type>)
-        e.op.backward(on<device_type>{}, detail::adj_view<T, R>(slots_[s]), detail::value_view<T, R>(slots_[s]),
-                      child_arg<Base + E::child_offset[I], detail::child_t<E, I>>()...);
+      const auto g = detail::adj_view<T, R>(slots_[s]);
+      const auto v = detail::value_view<T, R>(slots_[s]);
+      using Op = std::remove_cvref_t<decltype(e.op)>;
+      using V = detail::View<T, R>;
+      constexpr bool tagged =
+          has_scratch<E> ? detail::TaggedBackward<Op, device_type, V, V, std::pair<in_view<E, I>, in_view<E, I>>..., T*>
+                         : detail::TaggedBackward<Op, device_type, V, V, std::pair<in_view<E, I>, in_view<E, I>>...>;
+      if constexpr (tagged && has_scratch<E>)
+        e.op.backward(on<device_type>{}, g, v, child_arg<Base + E::child_offset[I], detail::child_t<E, I>>()..., scratch_of<E>(s));
+      else if constexpr (tagged)
+        e.op.backward(on<device_type>{}, g, v, child_arg<Base + E::child_offset[I], detail::child_t<E, I>>()...);
+      else if constexpr (!HostDevice<device_type>)
+        static_assert(tagged, "loom: this op has no backward kernel for loom::cuda yet");
       else if constexpr (has_scratch<E>)
         e.op.backward(detail::adj_view<T, R>(slots_[s]), detail::value_view<T, R>(slots_[s]),
                       child_arg<Base + E::child_offset[I], detail::child_t<E, I>>()..., scratch_of<E>(s));
@@ -796,6 +820,9 @@ class Program {
                       child_arg<Base + E::child_offset[I], detail::child_t<E, I>>()...);
     }(std::make_index_sequence<E::arity>{});
   }
+  /// The view a kernel gets of input I of node E (backward: a (value, gradient) pair of them).
+  template <class E, std::size_t I>
+  using in_view = detail::View<value_t<detail::child_t<E, I>>, shape_t<detail::child_t<E, I>>::rank>;
   /// A kernel's view of one input: value, and gradient (data null when none flows there).
   template <std::size_t CB, class C>
   auto child_arg() const {

@@ -226,13 +226,29 @@ void restore(const std::map<std::string, StoredTensor>& file, const std::string&
   std::memcpy(data, t.bytes.data(), t.bytes.size());
 }
 
+/// A tensor on any device, stored (device tensors are copied to the host first).
+template <class T, class S, class D>
+StoredTensor stored(const Tensor<T, S, D>& t) {
+  const auto h = t.template to<cpu>();
+  return stored(h.data(), std::vector<std::size_t>(h.dims().begin(), h.dims().end()));
+}
+/// Restores a tensor on any device (through a host copy where it is not contiguous host memory).
+template <class T, class S, class D>
+void restore(const std::map<std::string, StoredTensor>& file, const std::string& name, const Tensor<T, S, D>& t,
+             const std::string& path) {
+  const std::vector<std::size_t> shape(t.dims().begin(), t.dims().end());
+  if constexpr (HostDevice<D>) {
+    if (t.is_contiguous()) return restore(file, name, t.data(), shape, path);
+  }
+  Tensor<T, S, cpu> h(t.dims());
+  restore(file, name, h.data(), shape, path);
+  t.assign(h.template to<D>());
+}
+
 /// Saves a module's parameters (by their dotted names) plus any extra named tensors.
 template <nn::Module M>
 void save_module(const std::string& path, const M& m, std::map<std::string, StoredTensor> extra = {}) {
-  m.visit([&](const std::string& name, const auto& p) {
-    const auto& d = p.value().dims();
-    extra[name] = stored(p.value().data(), std::vector<std::size_t>(d.begin(), d.end()));
-  }, "");
+  m.visit([&](const std::string& name, const auto& p) { extra[name] = stored(p.value()); }, "");
   if constexpr (requires { m.visit_buffers([](const std::string&, std::vector<double>&) {}, ""); })
     m.visit_buffers([&](const std::string& name, const std::vector<double>& b) { extra[name] = stored(b.data(), {b.size()}); }, "");
   save(path, extra);
@@ -241,10 +257,7 @@ void save_module(const std::string& path, const M& m, std::map<std::string, Stor
 template <nn::Module M>
 std::map<std::string, StoredTensor> load_module(const std::string& path, const M& m) {
   auto file = load(path);
-  m.visit([&](const std::string& name, const auto& p) {
-    const auto& d = p.value().dims();
-    restore(file, name, p.value().data(), std::vector<std::size_t>(d.begin(), d.end()), path);
-  }, "");
+  m.visit([&](const std::string& name, const auto& p) { restore(file, name, p.value(), path); }, "");
   if constexpr (requires { m.visit_buffers([](const std::string&, std::vector<double>&) {}, ""); })
     m.visit_buffers([&](const std::string& name, std::vector<double>& b) { restore(file, name, b.data(), {b.size()}, path); }, "");
   return file;
@@ -254,14 +267,14 @@ std::map<std::string, StoredTensor> load_module(const std::string& path, const M
 template <class Opt>
 std::map<std::string, StoredTensor> optimizer_state(Opt& opt) {
   std::map<std::string, StoredTensor> r;
-  for (auto& [name, buf] : opt.state_buffers()) r["optim." + name] = stored(buf->data(), {buf->size()});
+  for (auto& [name, buf] : opt.state_buffers()) r["optim." + name] = stored(*buf);
   const auto step = static_cast<std::int64_t>(opt.step_count());
   r["optim.step"] = stored(&step, {1});
   return r;
 }
 template <class Opt>
 void restore_optimizer(Opt& opt, const std::map<std::string, StoredTensor>& file, const std::string& path) {
-  for (auto& [name, buf] : opt.state_buffers()) restore(file, "optim." + name, buf->data(), {buf->size()}, path);
+  for (auto& [name, buf] : opt.state_buffers()) restore(file, "optim." + name, *buf, path);
   std::int64_t step = 0;
   restore(file, "optim.step", &step, {1}, path);
   opt.step_count() = static_cast<std::size_t>(step);

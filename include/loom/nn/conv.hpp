@@ -10,18 +10,20 @@ namespace loom::nn {
 /// 2-D convolution, NCHW, weight [Cout, Cin, K, K] (PyTorch's layout and default init:
 /// U(-1/sqrt(Cin*K*K), 1/sqrt(Cin*K*K)) for weight and bias).
 template <std::size_t Cin, std::size_t Cout, std::size_t K, std::size_t Stride = 1, std::size_t Pad = 0,
-          bool Bias = true, class T = float>
+          bool Bias = true, class T = float, class D = cpu>
 struct Conv2d {
   static constexpr std::size_t in_features = Cin, out_features = Cout;
   static constexpr std::size_t num_params = Cout * Cin * K * K + (Bias ? Cout : 0);
   static constexpr std::string_view name = "Conv2d";
-  Param<T, Shape<Cout, Cin, K, K>> weight;
-  Param<T, Shape<Cout>> bias;
+  template <class D2>
+  using on_device = Conv2d<Cin, Cout, K, Stride, Pad, Bias, T, D2>;
+  Param<T, Shape<Cout, Cin, K, K>, D> weight;
+  Param<T, Shape<Cout>, D> bias;
 
   explicit Conv2d(Generator& g) {
     const double bound = 1.0 / std::sqrt(static_cast<double>(Cin * K * K));
-    weight.value().assign(uniform<T, Shape<Cout, Cin, K, K>>(g, -bound, bound));
-    if constexpr (Bias) bias.value().assign(uniform<T, Shape<Cout>>(g, -bound, bound));
+    weight.value().assign(uniform<T, Shape<Cout, Cin, K, K>, D>(g, -bound, bound));
+    if constexpr (Bias) bias.value().assign(uniform<T, Shape<Cout>, D>(g, -bound, bound));
   }
   template <Expression X>
   auto operator()(const X& x) const {

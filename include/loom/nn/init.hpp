@@ -17,11 +17,11 @@ std::pair<double, double> fans(const Param<T, S, D>&) {
 }
 template <class T, class S, class D>
 void uniform(const Param<T, S, D>& p, Generator& g, double lo, double hi) {
-  p.value().for_each([&](T& v) { v = static_cast<T>(g.uniform(lo, hi)); });
+  p.value().assign(loom::uniform<T, S, D>(g, lo, hi, p.value().dims()));  // drawn on the host, in row-major order
 }
 template <class T, class S, class D>
 void normal(const Param<T, S, D>& p, Generator& g, double mean, double stddev) {
-  p.value().for_each([&](T& v) { v = static_cast<T>(mean + stddev * g.normal()); });
+  p.value().assign(loom::normal<T, S, D>(g, mean, stddev, p.value().dims()));
 }
 template <class T, class S, class D>
 void constant(const Param<T, S, D>& p, double value) { p.value().fill(static_cast<T>(value)); }

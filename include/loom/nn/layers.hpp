@@ -28,19 +28,36 @@ struct check_linear_input {
 };
 }  // namespace detail
 
-/// y = x W^T + b with W [Out, In] (PyTorch's layout and default init: U(-1/sqrt(In), 1/sqrt(In))).
-template <std::size_t In, std::size_t Out, bool Bias = true, class T = float>
+/// The module M with its parameters on device D (`M::on_device<D>`); modules without parameters are
+/// the same on every device.
+template <class M, class D>
+struct to_device {
+  using type = M;
+};
+template <class M, class D>
+  requires requires { typename M::template on_device<D>; }
+struct to_device<M, D> {
+  using type = typename M::template on_device<D>;
+};
+template <class M, class D>
+using on_device_t = typename to_device<M, D>::type;
+
+/// y = x W^T + b with W [Out, In] (PyTorch's layout and default init: U(-1/sqrt(In), 1/sqrt(In))),
+/// parameters on device D (initialized on the host from the generator, then moved).
+template <std::size_t In, std::size_t Out, bool Bias = true, class T = float, class D = cpu>
 struct Linear {
   static constexpr std::size_t in_features = In, out_features = Out;
   static constexpr std::size_t num_params = In * Out + (Bias ? Out : 0);
   static constexpr std::string_view name = "Linear";
-  Param<T, Shape<Out, In>> weight;
-  Param<T, Shape<Out>> bias;
+  template <class D2>
+  using on_device = Linear<In, Out, Bias, T, D2>;
+  Param<T, Shape<Out, In>, D> weight;
+  Param<T, Shape<Out>, D> bias;
 
   explicit Linear(Generator& g) {
     const double bound = 1.0 / std::sqrt(static_cast<double>(In));
-    weight.value().assign(uniform<T, Shape<Out, In>>(g, -bound, bound));
-    if constexpr (Bias) bias.value().assign(uniform<T, Shape<Out>>(g, -bound, bound));
+    weight.value().assign(uniform<T, Shape<Out, In>, D>(g, -bound, bound));
+    if constexpr (Bias) bias.value().assign(uniform<T, Shape<Out>, D>(g, -bound, bound));
   }
   template <Expression X>
   auto operator()(const X& x) const {
@@ -65,12 +82,14 @@ struct Linear {
 
 /// Rows of a [V, D] table picked by integer indices [...] -> [..., D] (PyTorch's nn.Embedding: weight
 /// [num_embeddings, embedding_dim] drawn from N(0, 1)); its gradient is a scatter-add into the table.
-template <std::size_t V, std::size_t D, class T = float>
+template <std::size_t V, std::size_t D, class T = float, class Dev = cpu>
 struct Embedding {
   static constexpr std::size_t in_features = any_features, out_features = D;
   static constexpr std::size_t num_params = V * D;
   static constexpr std::string_view name = "Embedding";
-  Param<T, Shape<V, D>> weight;
+  template <class D2>
+  using on_device = Embedding<V, D, T, D2>;
+  Param<T, Shape<V, D>, Dev> weight;
 
   explicit Embedding(Generator& g) { init::normal(weight, g, 0, 1); }
   template <Expression I>

@@ -163,6 +163,7 @@ struct CrossEntropy : LabelLoss {
     }
   };
   template <class D, class T, class L>
+    requires(!HostDevice<D>)
   void forward(on<D>, const loom::detail::View<T, 0>& out, const loom::detail::View<T, 2>& x,
                const loom::detail::View<L, 1>& y) const {
     const std::size_t B = x.dims[0], C = x.dims[1];
@@ -171,6 +172,7 @@ struct CrossEntropy : LabelLoss {
     store<D>(out, backend::device::sum_n<double>(B, rows) / denom(B));
   }
   template <class D, class T, class L>
+    requires(!HostDevice<D>)
   void backward(on<D>, const loom::detail::View<T, 0>& g, const loom::detail::View<T, 0>&,
                 const std::pair<loom::detail::View<T, 2>, loom::detail::View<T, 2>>& x,
                 const std::pair<loom::detail::View<L, 1>, loom::detail::View<L, 1>>& y) const {
@@ -223,6 +225,7 @@ struct Nll : LabelLoss {
     LOOM_HOST_DEVICE void operator()(std::size_t b) const { p(b, 0); }
   };
   template <class D, class T, class L>
+    requires(!HostDevice<D>)
   void forward(on<D>, const loom::detail::View<T, 0>& out, const loom::detail::View<T, 2>& x,
                const loom::detail::View<L, 1>& y) const {
     check_labels<D>(y, x.dims[1]);
@@ -230,6 +233,7 @@ struct Nll : LabelLoss {
                       denom(x.dims[0]));
   }
   template <class D, class T, class L>
+    requires(!HostDevice<D>)
   void backward(on<D>, const loom::detail::View<T, 0>& g, const loom::detail::View<T, 0>&,
                 const std::pair<loom::detail::View<T, 2>, loom::detail::View<T, 2>>& x,
                 const std::pair<loom::detail::View<L, 1>, loom::detail::View<L, 1>>& y) const {

@@ -9,8 +9,9 @@
 
 namespace loom::nn {
 
-/// A type-erased handle on one parameter (what optimizers, checkpoints and all-reduce take).
-template <class T>
+/// A type-erased handle on one parameter (what optimizers, checkpoints and all-reduce take); value and
+/// grad point into device D's memory.
+template <class T, class D = cpu>
 struct ParamRef {
   std::string name;
   T* value;
@@ -19,13 +20,13 @@ struct ParamRef {
   std::vector<std::size_t> dims;
 };
 
-/// Collects parameters of element type T under dotted names ("0.weight", "fc.bias").
-template <class T>
+/// Collects parameters of element type T on device D under dotted names ("0.weight", "fc.bias").
+template <class T, class D = cpu>
 struct ParamCollector {
-  std::vector<ParamRef<T>> out;
-  template <class U, class S, class D>
-  void operator()(const std::string& name, const Param<U, S, D>& p) {
-    if constexpr (std::is_same_v<U, T>) {
+  std::vector<ParamRef<T, D>> out;
+  template <class U, class S, class PD>
+  void operator()(const std::string& name, const Param<U, S, PD>& p) {
+    if constexpr (std::is_same_v<U, T> && std::is_same_v<PD, D>) {
       std::vector<std::size_t> d(p.value().dims().begin(), p.value().dims().end());
       out.push_back({name, p.value().data(), p.grad().data(), p.value().size(), d});
     }
@@ -36,10 +37,10 @@ struct ParamCollector {
 template <class M>
 concept Module = requires(const M& m) { M::num_params; };
 
-/// All parameters of a module, in declaration order.
-template <class T = float, Module M>
-std::vector<ParamRef<T>> parameters(const M& m) {
-  ParamCollector<T> c;
+/// All parameters of a module with element type T on device D, in declaration order.
+template <class T = float, class D = cpu, Module M>
+std::vector<ParamRef<T, D>> parameters(const M& m) {
+  ParamCollector<T, D> c;
   m.visit(c, "");
   return c.out;
 }

@@ -44,6 +44,10 @@ struct Sequential {
     return f;
   }();
   static constexpr std::string_view name = "Sequential";
+  /// The same network with its parameters on device D (layers that have no device form stay as
+  /// they are; ops without a kernel on D are rejected when a program is compiled).
+  template <class D>
+  using on_device = Sequential<on_device_t<L, D>...>;
   loom::detail::Pack<L...> layers;
 
   explicit Sequential(Generator& g) : layers(L(g)...) {}

@@ -4,6 +4,7 @@
 //   pool:  out = max over each window (argmax kept)         dx[argmax] += g
 #pragma once
 #include "../backend/cpu/gemm.hpp"
+#include "../backend/exec.hpp"
 #include "op.hpp"
 
 namespace loom {
@@ -103,6 +104,84 @@ struct Conv2d {
     return {v.data + static_cast<std::ptrdiff_t>(n) * v.strides[0], {v.dims[1], v.dims[2] * v.dims[3]}, {v.strides[1], 1}};
   }
 
+  // ---- device: im2col and col2im as kernels (col2im gathers per input element: no atomics), GEMMs on
+  // the device (cuBLAS on CUDA), one sample at a time through the same scratch as the host ----------------
+  /// The im2col matrix of one sample: element e = ((c KH + ki) KW + kj) HO WO + oh WO + ow.
+  template <class T>
+  struct Im2Col {
+    const T* x;
+    std::ptrdiff_t s1, s2, s3;
+    std::size_t H, W, KH, KW, HO, WO;
+    T* col;
+    LOOM_HOST_DEVICE void operator()(std::size_t e) const {
+      const std::size_t ow = e % WO, oh = (e / WO) % HO, r = e / (WO * HO), kj = r % KW, ki = (r / KW) % KH, c = r / (KW * KH);
+      const auto ih = static_cast<std::ptrdiff_t>(oh * S + ki * D) - static_cast<std::ptrdiff_t>(P);
+      const auto iw = static_cast<std::ptrdiff_t>(ow * S + kj * D) - static_cast<std::ptrdiff_t>(P);
+      const bool in = ih >= 0 && ih < static_cast<std::ptrdiff_t>(H) && iw >= 0 && iw < static_cast<std::ptrdiff_t>(W);
+      col[e] = in ? x[static_cast<std::ptrdiff_t>(c) * s1 + ih * s2 + iw * s3] : T{0};
+    }
+  };
+  /// dx[c, ih, iw] += every column entry that im2col read from there.
+  template <class T>
+  struct Col2Im {
+    const T* col;
+    T* dx;
+    std::ptrdiff_t s1, s2, s3;
+    std::size_t H, W, KH, KW, HO, WO;
+    LOOM_HOST_DEVICE void operator()(std::size_t e) const {
+      const std::size_t iw = e % W, ih = (e / W) % H, c = e / (W * H);
+      T acc{0};
+      for (std::size_t ki = 0; ki < KH; ++ki) {
+        const auto y = static_cast<std::ptrdiff_t>(ih + P) - static_cast<std::ptrdiff_t>(ki * D);  // = oh * S
+        if (y < 0 || y % static_cast<std::ptrdiff_t>(S) != 0 || static_cast<std::size_t>(y) / S >= HO) continue;
+        for (std::size_t kj = 0; kj < KW; ++kj) {
+          const auto z = static_cast<std::ptrdiff_t>(iw + P) - static_cast<std::ptrdiff_t>(kj * D);
+          if (z < 0 || z % static_cast<std::ptrdiff_t>(S) != 0 || static_cast<std::size_t>(z) / S >= WO) continue;
+          acc += col[((c * KH + ki) * KW + kj) * HO * WO + (static_cast<std::size_t>(y) / S) * WO + static_cast<std::size_t>(z) / S];
+        }
+      }
+      dx[static_cast<std::ptrdiff_t>(c) * s1 + static_cast<std::ptrdiff_t>(ih) * s2 + static_cast<std::ptrdiff_t>(iw) * s3] += acc;
+    }
+  };
+  template <class T>
+  static void device_im2col(const detail::View<T, 4>& x, std::size_t n, const Dims<4>& w, const Dims<4>& o, T* col) {
+    backend::device::for_n(x.dims[1] * w[2] * w[3] * o[2] * o[3],
+                           Im2Col<T>{x.data + static_cast<std::ptrdiff_t>(n) * x.strides[0], x.strides[1], x.strides[2], x.strides[3],
+                                     x.dims[2], x.dims[3], w[2], w[3], o[2], o[3], col});
+  }
+  template <class Dev, class T>
+    requires(!HostDevice<Dev>)
+  void forward(on<Dev>, const detail::View<T, 4>& out, const detail::View<T, 4>& x, const detail::View<T, 4>& w, T* col) const {
+    const auto wm = weight_matrix(w);
+    const std::size_t HW = out.dims[2] * out.dims[3];
+    for (std::size_t n = 0; n < x.dims[0]; ++n) {
+      device_im2col(x, n, w.dims, out.dims, col);
+      backend::device::gemm(sample(out, n), wm, detail::View<T, 2>{col, {wm.dims[1], HW}, {static_cast<std::ptrdiff_t>(HW), 1}}, false);
+    }
+  }
+  template <class Dev, class T>
+    requires(!HostDevice<Dev>)
+  void backward(on<Dev>, const detail::View<T, 4>& g, const detail::View<T, 4>& out,
+                const std::pair<detail::View<T, 4>, detail::View<T, 4>>& x,
+                const std::pair<detail::View<T, 4>, detail::View<T, 4>>& w, T* col) const {
+    const auto wm = weight_matrix(w.first);
+    const std::size_t HW = out.dims[2] * out.dims[3];
+    const detail::View<T, 2> cv{col, {wm.dims[1], HW}, {static_cast<std::ptrdiff_t>(HW), 1}};
+    const auto& dx = x.second;
+    for (std::size_t n = 0; n < x.first.dims[0]; ++n) {
+      if (w.second.data) {
+        device_im2col(x.first, n, w.first.dims, out.dims, col);
+        backend::device::gemm(weight_matrix(w.second), sample(g, n), backend::cpu::transposed(cv), true);
+      }
+      if (dx.data) {
+        backend::device::gemm(cv, backend::cpu::transposed(wm), sample(g, n), false);
+        backend::device::for_n(dx.dims[1] * dx.dims[2] * dx.dims[3],
+                               Col2Im<T>{col, dx.data + static_cast<std::ptrdiff_t>(n) * dx.strides[0], dx.strides[1], dx.strides[2],
+                                         dx.strides[3], dx.dims[2], dx.dims[3], w.first.dims[2], w.first.dims[3], out.dims[2], out.dims[3]});
+      }
+    }
+  }
+
   template <class T>
   void forward(const detail::View<T, 4>& out, const detail::View<T, 4>& x, const detail::View<T, 4>& w, T* col) const {
     const auto wm = weight_matrix(w);
@@ -163,6 +242,13 @@ struct MaxPool2d {
             });
           }
   }
+  template <class Dev, class T>
+    requires(!HostDevice<Dev>)
+  void forward(on<Dev>, const detail::View<T, 4>& out, const detail::View<T, 4>& x, T* arg) const;
+  template <class Dev, class T>
+    requires(!HostDevice<Dev>)
+  void backward(on<Dev>, const detail::View<T, 4>& g, const detail::View<T, 4>&,
+                const std::pair<detail::View<T, 4>, detail::View<T, 4>>& x, T* arg) const;
   template <class T>
   void forward(const detail::View<T, 4>& out, const detail::View<T, 4>& x, T* arg) const {
     windows(out.dims, x, [&](std::size_t k, auto at) {
@@ -186,6 +272,78 @@ struct MaxPool2d {
   }
 };
 
+/// Pooling on a device: a thread per output (forward) or per input element (backward: it gathers from
+/// the windows that contain it, so overlapping windows need no atomics). Max keeps the argmax as the host.
+template <std::size_t K, std::size_t S, bool Max>
+struct PoolKernels {
+  template <class T>
+  struct Geometry {
+    std::size_t C, H, W, HO, WO;
+    std::ptrdiff_t x0, x1, x2, x3;  // strides of the input (or of its gradient)
+    LOOM_HOST_DEVICE std::ptrdiff_t at(std::size_t n, std::size_t c, std::size_t h, std::size_t w) const {
+      return static_cast<std::ptrdiff_t>(n) * x0 + static_cast<std::ptrdiff_t>(c) * x1 + static_cast<std::ptrdiff_t>(h) * x2 +
+             static_cast<std::ptrdiff_t>(w) * x3;
+    }
+  };
+  template <class T>
+  static Geometry<T> geometry(const detail::View<T, 4>& x, const Dims<4>& o) {
+    return {x.dims[1], x.dims[2], x.dims[3], o[2], o[3], x.strides[0], x.strides[1], x.strides[2], x.strides[3]};
+  }
+  template <class T>
+  struct Forward {  // out is the kernel's own contiguous buffer
+    Geometry<T> gm;
+    const T* x;
+    T *out, *arg;
+    LOOM_HOST_DEVICE void operator()(std::size_t k) const {
+      const std::size_t ow = k % gm.WO, oh = (k / gm.WO) % gm.HO, c = (k / (gm.WO * gm.HO)) % gm.C, n = k / (gm.WO * gm.HO * gm.C);
+      T m = x[gm.at(n, c, oh * S, ow * S)], sum{0};
+      std::size_t best = 0;
+      for (std::size_t i = 0; i < K; ++i)
+        for (std::size_t j = 0; j < K; ++j) {
+          const T v = x[gm.at(n, c, oh * S + i, ow * S + j)];
+          if (v > m) m = v, best = i * K + j;
+          sum += v;
+        }
+      if constexpr (Max) {
+        out[k] = m;
+        arg[k] = static_cast<T>(best);
+      } else {
+        out[k] = sum / T(K * K);
+      }
+    }
+  };
+  template <class T>
+  struct Backward {
+    Geometry<T> gm;  // strides of dx
+    const T *g, *arg;
+    T* dx;
+    LOOM_HOST_DEVICE void operator()(std::size_t e) const {
+      const std::size_t w = e % gm.W, h = (e / gm.W) % gm.H, c = (e / (gm.W * gm.H)) % gm.C, n = e / (gm.W * gm.H * gm.C);
+      T acc{0};
+      const std::size_t oh0 = h + 1 > K ? (h + 1 - K + S - 1) / S : 0, ow0 = w + 1 > K ? (w + 1 - K + S - 1) / S : 0;
+      for (std::size_t oh = oh0; oh < gm.HO && oh * S <= h; ++oh)
+        for (std::size_t ow = ow0; ow < gm.WO && ow * S <= w; ++ow) {
+          const std::size_t k = ((n * gm.C + c) * gm.HO + oh) * gm.WO + ow;
+          if constexpr (Max) {
+            if (static_cast<std::size_t>(arg[k]) == (h - oh * S) * K + (w - ow * S)) acc += g[k];
+          } else {
+            acc += g[k] / T(K * K);
+          }
+        }
+      dx[gm.at(n, c, h, w)] += acc;
+    }
+  };
+  template <class T>
+  static void forward(const detail::View<T, 4>& out, const detail::View<T, 4>& x, T* arg) {
+    backend::device::for_n(out.size(), Forward<T>{geometry(x, out.dims), x.data, out.data, arg});
+  }
+  template <class T>
+  static void backward(const detail::View<T, 4>& g, const detail::View<T, 4>& dx, const T* arg) {
+    if (!dx.data) return;
+    backend::device::for_n(dx.size(), Backward<T>{geometry(dx, g.dims), g.data, arg, dx.data});
+  }
+};
+
 /// Mean over K x K windows moved by S (no padding).   dx[window] += g / K^2
 template <std::size_t K, std::size_t S>
 struct AvgPool2d {
@@ -195,6 +353,17 @@ struct AvgPool2d {
   template <class X>
   using shape = typename MaxPool2d<K, S>::template shape<X>;
   Dims<4> dims(const Dims<4>& x) const { return MaxPool2d<K, S>{}.dims(x); }
+  template <class Dev, class T>
+    requires(!HostDevice<Dev>)
+  void forward(on<Dev>, const detail::View<T, 4>& out, const detail::View<T, 4>& x) const {
+    PoolKernels<K, S, false>::forward(out, x, static_cast<T*>(nullptr));
+  }
+  template <class Dev, class T>
+    requires(!HostDevice<Dev>)
+  void backward(on<Dev>, const detail::View<T, 4>& g, const detail::View<T, 4>&,
+                const std::pair<detail::View<T, 4>, detail::View<T, 4>>& x) const {
+    PoolKernels<K, S, false>::backward(g, x.second, static_cast<const T*>(nullptr));
+  }
   template <class T>
   void forward(const detail::View<T, 4>& out, const detail::View<T, 4>& x) const {
     MaxPool2d<K, S>::windows(out.dims, x, [&](std::size_t k, auto at) {
@@ -214,6 +383,20 @@ struct AvgPool2d {
     });
   }
 };
+
+template <std::size_t K, std::size_t S>
+template <class Dev, class T>
+  requires(!HostDevice<Dev>)
+void MaxPool2d<K, S>::forward(on<Dev>, const detail::View<T, 4>& out, const detail::View<T, 4>& x, T* arg) const {
+  PoolKernels<K, S, true>::forward(out, x, arg);
+}
+template <std::size_t K, std::size_t S>
+template <class Dev, class T>
+  requires(!HostDevice<Dev>)
+void MaxPool2d<K, S>::backward(on<Dev>, const detail::View<T, 4>& g, const detail::View<T, 4>&,
+                               const std::pair<detail::View<T, 4>, detail::View<T, 4>>& x, T* arg) const {
+  PoolKernels<K, S, true>::backward(g, x.second, arg);
+}
 
 }  // namespace ops
 

@@ -4,6 +4,7 @@
 #pragma once
 #include <stdexcept>
 
+#include "../backend/exec.hpp"
 #include "op.hpp"
 
 namespace loom {
@@ -56,6 +57,92 @@ struct Embedding {
       throw std::out_of_range("loom::embedding: index " + std::to_string(i) + " outside [0, " + std::to_string(V) + ")");
     return static_cast<std::size_t>(i);
   }
+  // ---- device: a thread per output element; the backward scatter-adds with atomics ------------------
+  template <class T, class L, std::size_t R>
+  struct Rows {  // element e = k D + d of the output: row idx[k] of the table, column d
+    const L* idx;
+    std::size_t dims[R];
+    std::ptrdiff_t st[R];
+    std::size_t D;
+    LOOM_HOST_DEVICE std::ptrdiff_t index_offset(std::size_t k) const {
+      std::ptrdiff_t off = 0;
+      for (std::size_t a = R; a-- > 0;) {
+        off += static_cast<std::ptrdiff_t>(k % dims[a]) * st[a];
+        k /= dims[a];
+      }
+      return off;
+    }
+    LOOM_HOST_DEVICE std::size_t row(std::size_t e) const { return static_cast<std::size_t>(idx[index_offset(e / D)]); }
+  };
+  template <class T, class L, std::size_t R>
+  struct OutOfRange {
+    Rows<T, L, R> r;  // (with D = 1: one term per index)
+    std::size_t V;
+    LOOM_HOST_DEVICE std::size_t operator()(std::size_t k) const {
+      const L i = r.idx[r.index_offset(k)];
+      return i < 0 || static_cast<std::size_t>(i) >= V ? 1 : 0;
+    }
+  };
+  template <class T, class L, std::size_t R>
+  struct Gather {
+    Rows<T, L, R> r;
+    const T* w;
+    std::ptrdiff_t w0, w1;
+    T* out;
+    LOOM_HOST_DEVICE void operator()(std::size_t e) const {
+      out[e] = w[static_cast<std::ptrdiff_t>(r.row(e)) * w0 + static_cast<std::ptrdiff_t>(e % r.D) * w1];
+    }
+  };
+  template <class T, class L, std::size_t R, std::size_t RO>
+  struct Scatter {
+    Rows<T, L, R> r;
+    const T* g;
+    std::size_t gdims[RO];
+    std::ptrdiff_t gst[RO];
+    T* dw;
+    std::ptrdiff_t w0, w1;
+    LOOM_HOST_DEVICE void operator()(std::size_t e) const {
+      std::ptrdiff_t off = 0;
+      std::size_t k = e;
+      for (std::size_t a = RO; a-- > 0;) {
+        off += static_cast<std::ptrdiff_t>(k % gdims[a]) * gst[a];
+        k /= gdims[a];
+      }
+      backend::device::atomic_add(dw + static_cast<std::ptrdiff_t>(r.row(e)) * w0 + static_cast<std::ptrdiff_t>(e % r.D) * w1, g[off]);
+    }
+  };
+  template <class T, class L, std::size_t R>
+  static Rows<T, L, R> rows(const detail::View<L, R>& idx, std::size_t D) {
+    Rows<T, L, R> r{idx.data, {}, {}, D};
+    for (std::size_t a = 0; a < R; ++a) r.dims[a] = idx.dims[a], r.st[a] = idx.strides[a];
+    return r;
+  }
+  template <class Dev, class T, class L, std::size_t R, std::size_t RO>
+    requires(!HostDevice<Dev>)
+  void forward(on<Dev>, const detail::View<T, RO>& out, const detail::View<T, 2>& w, const detail::View<L, R>& idx) const {
+    const std::size_t V = w.dims[0], D = w.dims[1], n = idx.size();
+    if (backend::device::sum_n<std::size_t>(n, OutOfRange<T, L, R>{rows<T>(idx, 1), V}) != 0) {
+      const auto r = rows<T>(idx, 1);  // a bad index: find it and report it as the host does
+      for (std::size_t k = 0; k < n; ++k) {
+        L i{};
+        detail::DeviceMemory<Dev>::to_host(&i, idx.data + r.index_offset(k), 1);
+        row(i, V);
+      }
+    }
+    backend::device::for_n(n * D, Gather<T, L, R>{rows<T>(idx, D), w.data, w.strides[0], w.strides[1], out.data});
+  }
+  template <class Dev, class T, class L, std::size_t R, std::size_t RO>
+    requires(!HostDevice<Dev>)
+  void backward(on<Dev>, const detail::View<T, RO>& g, const detail::View<T, RO>&,
+                const std::pair<detail::View<T, 2>, detail::View<T, 2>>& w,
+                const std::pair<detail::View<L, R>, detail::View<L, R>>& idx) const {
+    if (!w.second.data) return;
+    const std::size_t D = w.first.dims[1];
+    Scatter<T, L, R, RO> s{rows<T>(idx.first, D), g.data, {}, {}, w.second.data, w.second.strides[0], w.second.strides[1]};
+    for (std::size_t a = 0; a < RO; ++a) s.gdims[a] = g.dims[a], s.gst[a] = g.strides[a];
+    backend::device::for_n(idx.first.size() * D, s);
+  }
+
   template <class T, class L, std::size_t R, std::size_t RO>
   void forward(const detail::View<T, RO>& out, const detail::View<T, 2>& w, const detail::View<L, R>& idx) const {
     const std::size_t V = w.dims[0], D = w.dims[1];

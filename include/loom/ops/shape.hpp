@@ -223,14 +223,15 @@ struct Concat {
     };
     (one(in), ...);
   }
-  template <class T, std::size_t R, class... V>
-  void forward(const detail::View<T, R>& out, const V&... in) const {
-    parts(out, [](const auto& s, const auto& v) { backend::cpu::strided_apply<backend::cpu::Mode::assign>(s, v); }, in...);
+  // One implementation for every device: strided copies on D's fused loops.
+  template <class D, class T, std::size_t R, class... V>
+  void forward(on<D>, const detail::View<T, R>& out, const V&... in) const {
+    parts(out, [](const auto& s, const auto& v) { backend::Exec<D>::template apply<backend::Mode::assign>(s, v); }, in...);
   }
-  template <class T, std::size_t R, class... P>
-  void backward(const detail::View<T, R>& g, const detail::View<T, R>&, const P&... in) const {
+  template <class D, class T, std::size_t R, class... P>
+  void backward(on<D>, const detail::View<T, R>& g, const detail::View<T, R>&, const P&... in) const {
     parts(g, [](const auto& s, const auto& p) {
-      if (p.second.data) backend::cpu::strided_apply<backend::cpu::Mode::add>(p.second, s);
+      if (p.second.data) backend::Exec<D>::template apply<backend::Mode::add>(p.second, s);
     }, in...);
   }
 };
@@ -256,15 +257,15 @@ struct Pad {
     v.dims[ax] -= Before + After;
     return v;
   }
-  template <class T, std::size_t R>
-  void forward(const detail::View<T, R>& out, const detail::View<T, R>& in) const {
-    std::fill_n(out.data, out.size(), T{0});
-    backend::cpu::strided_apply<backend::cpu::Mode::assign>(inner(out), in);
+  template <class D, class T, std::size_t R>
+  void forward(on<D>, const detail::View<T, R>& out, const detail::View<T, R>& in) const {
+    detail::DeviceMemory<D>::fill(out.data, out.size(), T{0});
+    backend::Exec<D>::template apply<backend::Mode::assign>(inner(out), in);
   }
-  template <class T, std::size_t R>
-  void backward(const detail::View<T, R>& g, const detail::View<T, R>&,
+  template <class D, class T, std::size_t R>
+  void backward(on<D>, const detail::View<T, R>& g, const detail::View<T, R>&,
                 const std::pair<detail::View<T, R>, detail::View<T, R>>& in) const {
-    if (in.second.data) backend::cpu::strided_apply<backend::cpu::Mode::add>(in.second, inner(g));
+    if (in.second.data) backend::Exec<D>::template apply<backend::Mode::add>(in.second, inner(g));
   }
 };
 
@@ -289,15 +290,15 @@ struct Dilate {
     v.strides[ax] *= static_cast<std::ptrdiff_t>(D + 1);
     return v;
   }
-  template <class T, std::size_t R>
-  void forward(const detail::View<T, R>& out, const detail::View<T, R>& in) const {
-    std::fill_n(out.data, out.size(), T{0});
-    backend::cpu::strided_apply<backend::cpu::Mode::assign>(every(out), in);
+  template <class Dev, class T, std::size_t R>
+  void forward(on<Dev>, const detail::View<T, R>& out, const detail::View<T, R>& in) const {
+    detail::DeviceMemory<Dev>::fill(out.data, out.size(), T{0});
+    backend::Exec<Dev>::template apply<backend::Mode::assign>(every(out), in);
   }
-  template <class T, std::size_t R>
-  void backward(const detail::View<T, R>& g, const detail::View<T, R>&,
+  template <class Dev, class T, std::size_t R>
+  void backward(on<Dev>, const detail::View<T, R>& g, const detail::View<T, R>&,
                 const std::pair<detail::View<T, R>, detail::View<T, R>>& in) const {
-    if (in.second.data) backend::cpu::strided_apply<backend::cpu::Mode::add>(in.second, every(g));
+    if (in.second.data) backend::Exec<Dev>::template apply<backend::Mode::add>(in.second, every(g));
   }
 };
 

@@ -1,11 +1,14 @@
-// loom/optim/optimizer.hpp — SGD (momentum, Nesterov, weight decay), Adam, AdamW. Each update is one
-// loop per parameter over its value, gradient and state; state is allocated once, at construction.
+// loom/optim/optimizer.hpp — SGD (momentum, Nesterov, weight decay), Adam, AdamW, RMSprop. Each update
+// is one functor over a parameter's value, gradient and state: a loop on the host, one fused kernel on
+// a device. State lives beside the parameters and is allocated once, at construction.
 // The update rules are PyTorch's (torch.optim.SGD / Adam / AdamW, default arguments).
 #pragma once
 #include <cmath>
 #include <memory>
 #include <vector>
 
+#include "../backend/exec.hpp"
+#include "../core/tensor.hpp"
 #include "../nn/module.hpp"
 
 namespace loom::optim {
@@ -18,51 +21,107 @@ struct AdamOptions {
   double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0;
 };
 
-/// What all optimizers share: the parameters and zero_grad().
-template <class T>
+namespace detail {
+/// f(k) for every element k of a parameter on device D: a loop on the host, one kernel on a device.
+template <class D, class F>
+void each_element(std::size_t n, const F& f) {
+  if constexpr (HostDevice<D>)
+    for (std::size_t k = 0; k < n; ++k) f(k);
+  else
+    backend::device::for_n(n, f);
+}
+}  // namespace detail
+
+/// What all optimizers share: the parameters (on device D), their state buffers and zero_grad().
+template <class T, class D = cpu>
 class Optimizer {
  public:
-  explicit Optimizer(std::vector<nn::ParamRef<T>> params) : params_(std::move(params)) {}
+  using device_type = D;
+  /// One state tensor per parameter (momentum, moments), in the parameter's memory.
+  using Buffer = Tensor<T, Shape<dyn>, D>;
+  explicit Optimizer(std::vector<nn::ParamRef<T, D>> params) : params_(std::move(params)) {}
   void zero_grad() {
-    for (auto& p : params_) std::fill_n(p.grad, p.size, T{0});
+    for (auto& p : params_) loom::detail::DeviceMemory<D>::fill(p.grad, p.size, T{0});
   }
-  const std::vector<nn::ParamRef<T>>& params() const { return params_; }
+  const std::vector<nn::ParamRef<T, D>>& params() const { return params_; }
 
  protected:
-  std::vector<std::vector<T>> state(std::size_t copies_per_param) const {
-    std::vector<std::vector<T>> s;
+  std::vector<Buffer> state(std::size_t copies_per_param) const {
+    std::vector<Buffer> s;
     for (const auto& p : params_)
-      for (std::size_t k = 0; k < copies_per_param; ++k) s.emplace_back(p.size, T{0});
+      for (std::size_t k = 0; k < copies_per_param; ++k) s.emplace_back(Dims<1>{p.size});
     return s;
   }
-  std::vector<nn::ParamRef<T>> params_;
+  std::vector<nn::ParamRef<T, D>> params_;
 };
 
-template <class T = float>
-class SGD : public Optimizer<T> {
+namespace detail {
+template <class T>
+struct SGDUpdate {
+  T *value, *buf;
+  const T* grad;
+  T lr, mu, damp, wd;
+  bool first, nesterov;
+  LOOM_HOST_DEVICE void operator()(std::size_t k) const {
+    T d = grad[k] + wd * value[k];
+    if (mu != 0) {
+      buf[k] = first ? d : mu * buf[k] + (1 - damp) * d;
+      d = nesterov ? d + mu * buf[k] : buf[k];
+    }
+    value[k] -= lr * d;
+  }
+};
+template <class T, bool Decoupled>
+struct AdamUpdate {
+  T *value, *m, *v;
+  const T* grad;
+  T lr, b1, b2, eps, wd, step_size, sbc2;
+  LOOM_HOST_DEVICE void operator()(std::size_t k) const {
+    T g = grad[k];
+    if constexpr (Decoupled) value[k] *= 1 - lr * wd;
+    else g += wd * value[k];
+    m[k] = b1 * m[k] + (1 - b1) * g;
+    v[k] = b2 * v[k] + (1 - b2) * g * g;
+    value[k] -= step_size * m[k] / (std::sqrt(v[k]) / sbc2 + eps);
+  }
+};
+template <class T>
+struct RMSpropUpdate {
+  T *value, *sq, *buf;
+  const T* grad;
+  T lr, a, eps, wd, mu;
+  LOOM_HOST_DEVICE void operator()(std::size_t k) const {
+    const T g = grad[k] + wd * value[k];
+    sq[k] = a * sq[k] + (1 - a) * g * g;
+    const T d = g / (std::sqrt(sq[k]) + eps);
+    if (mu != 0) {
+      buf[k] = mu * buf[k] + d;
+      value[k] -= lr * buf[k];
+    } else {
+      value[k] -= lr * d;
+    }
+  }
+};
+}  // namespace detail
+
+template <class T = float, class D = cpu>
+class SGD : public Optimizer<T, D> {
  public:
   using Options = SGDOptions;
-  SGD(std::vector<nn::ParamRef<T>> params, Options o) : Optimizer<T>(std::move(params)), o_(o), buf_(this->state(1)) {}
+  using typename Optimizer<T, D>::Buffer;
+  SGD(std::vector<nn::ParamRef<T, D>> params, Options o) : Optimizer<T, D>(std::move(params)), o_(o), buf_(this->state(1)) {}
   void step() {
     const T lr = T(o_.lr), mu = T(o_.momentum), damp = T(o_.dampening), wd = T(o_.weight_decay);
     for (std::size_t i = 0; i < this->params_.size(); ++i) {
       auto& p = this->params_[i];
-      T* b = buf_[i].data();
-      for (std::size_t k = 0; k < p.size; ++k) {
-        T d = p.grad[k] + wd * p.value[k];
-        if (mu != 0) {
-          b[k] = steps_ == 0 ? d : mu * b[k] + (1 - damp) * d;
-          d = o_.nesterov ? d + mu * b[k] : b[k];
-        }
-        p.value[k] -= lr * d;
-      }
+      detail::each_element<D>(p.size, detail::SGDUpdate<T>{p.value, buf_[i].data(), p.grad, lr, mu, damp, wd, steps_ == 0, o_.nesterov});
     }
     ++steps_;
   }
   Options& options() { return o_; }
   /// Named state buffers (for checkpoints) and the step count.
-  std::vector<std::pair<std::string, std::vector<T>*>> state_buffers() {
-    std::vector<std::pair<std::string, std::vector<T>*>> r;
+  std::vector<std::pair<std::string, Buffer*>> state_buffers() {
+    std::vector<std::pair<std::string, Buffer*>> r;
     for (std::size_t i = 0; i < this->params_.size(); ++i) r.emplace_back(this->params_[i].name + ".momentum_buffer", &buf_[i]);
     return r;
   }
@@ -70,37 +129,33 @@ class SGD : public Optimizer<T> {
 
  private:
   Options o_;
-  std::vector<std::vector<T>> buf_;
+  std::vector<Buffer> buf_;
   std::size_t steps_ = 0;
 };
 
 /// Adam (Decoupled = false: L2 penalty added to the gradient) or AdamW (Decoupled = true).
-template <class T = float, bool Decoupled = false>
-class AdamBase : public Optimizer<T> {
+template <class T = float, bool Decoupled = false, class D = cpu>
+class AdamBase : public Optimizer<T, D> {
  public:
   using Options = AdamOptions;
-  AdamBase(std::vector<nn::ParamRef<T>> params, Options o) : Optimizer<T>(std::move(params)), o_(o), m_(this->state(1)), v_(this->state(1)) {}
+  using typename Optimizer<T, D>::Buffer;
+  AdamBase(std::vector<nn::ParamRef<T, D>> params, Options o)
+      : Optimizer<T, D>(std::move(params)), o_(o), m_(this->state(1)), v_(this->state(1)) {}
   void step() {
     ++t_;
     const double bc1 = 1 - std::pow(o_.beta1, double(t_)), bc2 = 1 - std::pow(o_.beta2, double(t_));
-    const T lr = T(o_.lr), b1 = T(o_.beta1), b2 = T(o_.beta2), eps = T(o_.eps), wd = T(o_.weight_decay);
-    const T step_size = T(o_.lr / bc1), sbc2 = T(std::sqrt(bc2));
+    const detail::AdamUpdate<T, Decoupled> u{nullptr, nullptr, nullptr, nullptr, T(o_.lr), T(o_.beta1), T(o_.beta2), T(o_.eps),
+                                             T(o_.weight_decay), T(o_.lr / bc1), T(std::sqrt(bc2))};
     for (std::size_t i = 0; i < this->params_.size(); ++i) {
       auto& p = this->params_[i];
-      T *m = m_[i].data(), *v = v_[i].data();
-      for (std::size_t k = 0; k < p.size; ++k) {
-        T g = p.grad[k];
-        if constexpr (Decoupled) p.value[k] *= 1 - lr * wd;
-        else g += wd * p.value[k];
-        m[k] = b1 * m[k] + (1 - b1) * g;
-        v[k] = b2 * v[k] + (1 - b2) * g * g;
-        p.value[k] -= step_size * m[k] / (std::sqrt(v[k]) / sbc2 + eps);
-      }
+      auto ui = u;
+      ui.value = p.value, ui.m = m_[i].data(), ui.v = v_[i].data(), ui.grad = p.grad;
+      detail::each_element<D>(p.size, ui);
     }
   }
   Options& options() { return o_; }
-  std::vector<std::pair<std::string, std::vector<T>*>> state_buffers() {
-    std::vector<std::pair<std::string, std::vector<T>*>> r;
+  std::vector<std::pair<std::string, Buffer*>> state_buffers() {
+    std::vector<std::pair<std::string, Buffer*>> r;
     for (std::size_t i = 0; i < this->params_.size(); ++i) {
       r.emplace_back(this->params_[i].name + ".exp_avg", &m_[i]);
       r.emplace_back(this->params_[i].name + ".exp_avg_sq", &v_[i]);
@@ -111,17 +166,17 @@ class AdamBase : public Optimizer<T> {
 
  private:
   Options o_;
-  std::vector<std::vector<T>> m_, v_;
+  std::vector<Buffer> m_, v_;
   std::size_t t_ = 0;
 };
-template <class T = float>
-using Adam = AdamBase<T, false>;
+template <class T = float, class D = cpu>
+using Adam = AdamBase<T, false, D>;
 /// AdamW's default weight decay is 0.01 (as PyTorch's).
-template <class T = float>
-class AdamW : public AdamBase<T, true> {
+template <class T = float, class D = cpu>
+class AdamW : public AdamBase<T, true, D> {
  public:
-  AdamW(std::vector<nn::ParamRef<T>> params, AdamOptions o = {.lr = 1e-3, .weight_decay = 0.01})
-      : AdamBase<T, true>(std::move(params), o) {}
+  AdamW(std::vector<nn::ParamRef<T, D>> params, AdamOptions o = {.lr = 1e-3, .weight_decay = 0.01})
+      : AdamBase<T, true, D>(std::move(params), o) {}
 };
 
 struct RMSpropOptions {
@@ -129,33 +184,24 @@ struct RMSpropOptions {
 };
 
 /// RMSprop as torch.optim.RMSprop (non-centered).
-template <class T = float>
-class RMSprop : public Optimizer<T> {
+template <class T = float, class D = cpu>
+class RMSprop : public Optimizer<T, D> {
  public:
   using Options = RMSpropOptions;
-  RMSprop(std::vector<nn::ParamRef<T>> params, Options o) : Optimizer<T>(std::move(params)), o_(o), sq_(this->state(1)), buf_(this->state(1)) {}
+  using typename Optimizer<T, D>::Buffer;
+  RMSprop(std::vector<nn::ParamRef<T, D>> params, Options o)
+      : Optimizer<T, D>(std::move(params)), o_(o), sq_(this->state(1)), buf_(this->state(1)) {}
   void step() {
-    const T lr = T(o_.lr), a = T(o_.alpha), eps = T(o_.eps), wd = T(o_.weight_decay), mu = T(o_.momentum);
     for (std::size_t i = 0; i < this->params_.size(); ++i) {
       auto& p = this->params_[i];
-      T *sq = sq_[i].data(), *b = buf_[i].data();
-      for (std::size_t k = 0; k < p.size; ++k) {
-        const T g = p.grad[k] + wd * p.value[k];
-        sq[k] = a * sq[k] + (1 - a) * g * g;
-        const T d = g / (std::sqrt(sq[k]) + eps);
-        if (mu != 0) {
-          b[k] = mu * b[k] + d;
-          p.value[k] -= lr * b[k];
-        } else {
-          p.value[k] -= lr * d;
-        }
-      }
+      detail::each_element<D>(p.size, detail::RMSpropUpdate<T>{p.value, sq_[i].data(), buf_[i].data(), p.grad, T(o_.lr), T(o_.alpha), T(o_.eps),
+                                                  T(o_.weight_decay), T(o_.momentum)});
     }
     ++steps_;
   }
   Options& options() { return o_; }
-  std::vector<std::pair<std::string, std::vector<T>*>> state_buffers() {
-    std::vector<std::pair<std::string, std::vector<T>*>> r;
+  std::vector<std::pair<std::string, Buffer*>> state_buffers() {
+    std::vector<std::pair<std::string, Buffer*>> r;
     for (std::size_t i = 0; i < this->params_.size(); ++i) {
       r.emplace_back(this->params_[i].name + ".square_avg", &sq_[i]);
       r.emplace_back(this->params_[i].name + ".momentum_buffer", &buf_[i]);
@@ -166,22 +212,37 @@ class RMSprop : public Optimizer<T> {
 
  private:
   Options o_;
-  std::vector<std::vector<T>> sq_, buf_;
+  std::vector<Buffer> sq_, buf_;
   std::size_t steps_ = 0;
 };
 
-/// Scales all gradients so that their global L2 norm is at most max_norm; returns the norm before.
+namespace detail {
 template <class T>
-double clip_grad_norm(const std::vector<nn::ParamRef<T>>& params, double max_norm) {
+struct SquareTerm {
+  const T* g;
+  LOOM_HOST_DEVICE double operator()(std::size_t k) const { return double(g[k]) * double(g[k]); }
+};
+template <class T>
+struct ScaleBy {
+  T* g;
+  T s;
+  LOOM_HOST_DEVICE void operator()(std::size_t k) const { g[k] *= s; }
+};
+}  // namespace detail
+
+/// Scales all gradients so that their global L2 norm is at most max_norm; returns the norm before.
+template <class T, class D>
+double clip_grad_norm(const std::vector<nn::ParamRef<T, D>>& params, double max_norm) {
   double sq = 0;
-  for (const auto& p : params)
-    for (std::size_t k = 0; k < p.size; ++k) sq += double(p.grad[k]) * double(p.grad[k]);
-  const double norm = std::sqrt(sq);
-  if (norm > max_norm && norm > 0) {
-    const T scale = T(max_norm / (norm + 1e-6));
-    for (const auto& p : params)
-      for (std::size_t k = 0; k < p.size; ++k) p.grad[k] *= scale;
+  for (const auto& p : params) {
+    if constexpr (HostDevice<D>)
+      for (std::size_t k = 0; k < p.size; ++k) sq += detail::SquareTerm<T>{p.grad}(k);
+    else
+      sq += backend::device::sum_n<double>(p.size, detail::SquareTerm<T>{p.grad});
   }
+  const double norm = std::sqrt(sq);
+  if (norm > max_norm && norm > 0)
+    for (const auto& p : params) detail::each_element<D>(p.size, detail::ScaleBy<T>{p.grad, T(max_norm / (norm + 1e-6))});
   return norm;
 }
 

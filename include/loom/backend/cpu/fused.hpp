@@ -311,6 +311,11 @@ struct Exec<loom::cpu> {
   }
   template <std::size_t R, class... O>
   static void run_fused(Dims<R> dims, bool parallel, O... outs) { cpu::run_fused<R>(dims, parallel, outs...); }
+  /// dst (M)= src over dst's extents (src broadcast to them).
+  template <Mode M, class T, std::size_t R, std::size_t RS>
+  static void apply(const loom::detail::View<T, R>& dst, const loom::detail::View<T, RS>& src) {
+    cpu::strided_apply<M>(dst, src);
+  }
 };
 
 }  // namespace loom::backend

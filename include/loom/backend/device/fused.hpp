@@ -7,6 +7,7 @@
 #include <thrust/for_each.h>
 #include <thrust/iterator/counting_iterator.h>
 
+#include <cuda/atomic>
 #include <limits>
 
 #include "../../expr/expr.hpp"
@@ -282,6 +283,10 @@ void run_fused(const Dims<R>& dims, bool parallel, const O&... outs) {
   (one(outs), ...);
 }
 
+template <class T>
+LOOM_HOST_DEVICE void atomic_add(T* p, T v) {
+  ::cuda::atomic_ref<T, ::cuda::thread_scope_device>(*p).fetch_add(v, ::cuda::std::memory_order_relaxed);
+}
 template <class F>
 void for_n(std::size_t n, const F& f) {
   launch(n, f);

@@ -1,0 +1,2 @@
+// examples/fashion_mnist.cpp compiled by nvcc: --device cuda runs on the GPU.
+#include "fashion_mnist.cpp"
