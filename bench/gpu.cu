@@ -1,0 +1,110 @@
+// GPU figures for docs/performance.md (run on a machine with a GPU; nothing here runs in CI):
+//   1. a fused elementwise chain tanh(a * b + c) * 0.5 + a on 1e8 floats: effective bandwidth as a
+//      fraction of a device-to-device copy of the same bytes;
+//   2. matmul through a loom program against cublasSgemm called directly on the same buffers;
+//   3. an MLP 784-256-10 training step (forward, cross-entropy, backward, Adam) per batch size.
+// Build: nvcc -std=c++20 -O3 --expt-relaxed-constexpr -arch=sm_90 -Iinclude -I/usr/include/eigen3
+//        bench/gpu.cu -lcublas -o gpu_bench     (CMake: the bench_gpu target under -DLOOM_BUILD_BENCH=ON)
+#include <loom/loom.hpp>
+
+#include <cstdio>
+
+using gpu = loom::cuda;
+using namespace loom;
+
+namespace {
+/// Milliseconds per call of f (after one warm-up call), timed with CUDA events on the current stream.
+template <class F>
+double time_ms(F&& f, int iters) {
+  f();
+  device::synchronize();
+  cudaEvent_t a, b;
+  LOOM_CUDA_CHECK(cudaEventCreate(&a));
+  LOOM_CUDA_CHECK(cudaEventCreate(&b));
+  LOOM_CUDA_CHECK(cudaEventRecord(a, device::current_stream()));
+  for (int i = 0; i < iters; ++i) f();
+  LOOM_CUDA_CHECK(cudaEventRecord(b, device::current_stream()));
+  LOOM_CUDA_CHECK(cudaEventSynchronize(b));
+  float ms = 0;
+  LOOM_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
+  (void)cudaEventDestroy(a);
+  (void)cudaEventDestroy(b);
+  return double(ms) / iters;
+}
+
+void chain_bandwidth() {
+  constexpr std::size_t n = 100'000'000;
+  Generator g(1);
+  auto make = [&] { return uniform<float, Shape<dyn>, gpu>(g, -1, 1, {n}); };
+  const auto ta = make(), tb = make(), tc = make();
+  auto a = input<float, Shape<dyn>, gpu>(), b = input<float, Shape<dyn>, gpu>(), c = input<float, Shape<dyn>, gpu>();
+  auto p = compile(tanh(a * b + c) * 0.5f + a);
+  const double fused = time_ms([&] { p.forward(ta, tb, tc); }, 20);
+  Tensor<float, Shape<dyn>, gpu> dst({n});
+  const double copy = time_ms([&] {
+    LOOM_CUDA_CHECK(cudaMemcpyAsync(dst.data(), ta.data(), n * sizeof(float), cudaMemcpyDeviceToDevice, device::current_stream()));
+  }, 20);
+  const double fused_gbs = 4.0 * n * sizeof(float) / fused / 1e6, copy_gbs = 2.0 * n * sizeof(float) / copy / 1e6;
+  std::printf("fused chain, 1e8 floats (3 reads + 1 write): %.3f ms, %.0f GB/s; device-to-device copy %.3f ms, %.0f GB/s; "
+              "fraction %.2f\n", fused, fused_gbs, copy, copy_gbs, fused_gbs / copy_gbs);
+}
+
+void matmul_vs_cublas(std::size_t m, std::size_t k, std::size_t n) {
+  Generator g(2);
+  const auto ta = uniform<float, Shape<dyn, dyn>, gpu>(g, -1, 1, {m, k});
+  const auto tb = uniform<float, Shape<dyn, dyn>, gpu>(g, -1, 1, {k, n});
+  auto a = input<float, Shape<dyn, dyn>, gpu>(), b = input<float, Shape<dyn, dyn>, gpu>();
+  auto p = compile(matmul(a, b));
+  const double loom_ms = time_ms([&] { p.forward(ta, tb); }, 20);
+  Tensor<float, Shape<dyn, dyn>, gpu> c({m, n});
+  cublasHandle_t h;
+  LOOM_CUDA_CHECK(cublasCreate(&h));
+  LOOM_CUDA_CHECK(cublasSetStream(h, device::current_stream()));
+  const float one = 1, zero = 0;
+  const double cublas_ms = time_ms([&] {  // row-major C = A B as column-major C^T = B^T A^T
+    LOOM_CUDA_CHECK(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, int(n), int(m), int(k), &one, tb.data(), int(n), ta.data(), int(k),
+                                &zero, c.data(), int(n)));
+  }, 20);
+  (void)cublasDestroy(h);
+  const double flop = 2.0 * double(m) * double(k) * double(n);
+  std::printf("matmul %zux%zux%zu: loom %.3f ms (%.1f TFLOP/s), cuBLAS %.3f ms (%.1f TFLOP/s), loom/cuBLAS time %.2f\n", m, k, n,
+              loom_ms, flop / loom_ms / 1e9, cublas_ms, flop / cublas_ms / 1e9, loom_ms / cublas_ms);
+}
+
+void mlp_step(std::size_t batch) {
+  using Net = nn::Sequential<nn::Linear<784, 256>, nn::ReLU, nn::Linear<256, 10>>::on_device<gpu>;
+  Generator g(3);
+  Net net(g);
+  auto x = input<float, Shape<dyn, 784>, gpu>();
+  auto y = input<std::int64_t, Shape<dyn>, gpu>();
+  auto step = compile(nn::cross_entropy(net(x), y));
+  optim::Adam<float, gpu> opt(nn::parameters<float, gpu>(net), {.lr = 1e-3});
+  const auto xb = uniform<float, Shape<dyn, 784>, gpu>(g, 0, 1, {batch, 784});
+  Tensor<std::int64_t, Shape<dyn>> yh({batch});
+  for (std::size_t i = 0; i < batch; ++i) yh(i) = std::int64_t(i % 10);
+  const auto yb = yh.to<gpu>();
+  const auto before = device::allocator_stats().system_allocs;
+  const double ms = time_ms([&] {
+    step.forward(xb, yb);
+    step.backward();
+    opt.step();
+    opt.zero_grad();
+  }, 200);
+  std::printf("MLP 784-256-10 step (Adam), batch %zu: %.1f us; device allocations in the timed steps: %zu\n", batch, ms * 1e3,
+              device::allocator_stats().system_allocs - before);
+}
+}  // namespace
+
+int main() {
+  if (!device::gpu_available()) {
+    std::printf("SKIPPED: no CUDA device is visible\n");
+    return 77;
+  }
+  cudaDeviceProp prop{};
+  LOOM_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  std::printf("device: %s\n", prop.name);
+  chain_bandwidth();
+  for (std::size_t s : {1024, 4096}) matmul_vs_cublas(s, s, s);
+  matmul_vs_cublas(64, 784, 256);
+  for (std::size_t b : {1, 64, 512}) mlp_step(b);
+}
