@@ -1,6 +1,6 @@
 // Trains a classifier on Fashion-MNIST (/usr/share/datasets/fashion-mnist, Debian's
 // dataset-fashion-mnist) with a progress bar, and reports train loss, test loss and test accuracy per
-// epoch. The network is a type; its loss is compiled once. --device cuda trains the MLP with its
+// epoch. The network is a type; its loss is compiled once. --device cuda trains the model with its
 // parameters, activations and optimizer state in device memory (needs the device backend: the
 // fashion_mnist_cuda target built by nvcc, or a build with LOOM_ENABLE_DEVICE, which runs device code
 // on Thrust's OMP system).
@@ -155,7 +155,7 @@ int main(int argc, char** argv) {
   app.add_option("--optimizer", o.optimizer, "sgd (momentum 0.9) | adam | adamw")->check(CLI::IsMember({"sgd", "adam", "adamw"}));
   app.add_option("--schedule", o.schedule, "learning-rate schedule: cosine | constant")->check(CLI::IsMember({"cosine", "constant"}));
   app.add_option("--threads", o.threads, "OpenMP threads (0: all cores)");
-  app.add_option("--device", o.device, "cpu | cuda (the MLP)")->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_option("--device", o.device, "cpu | cuda")->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_option("--seed", o.seed, "seed for initialization and shuffling");
   app.add_option("--data-dir", o.data_dir, "folder with the four IDX files");
   app.add_option("--checkpoint", o.checkpoint, "safetensors file written after every epoch");
@@ -169,8 +169,9 @@ int main(int argc, char** argv) {
   try {
     if (o.device == "cuda") {
 #if defined(__CUDACC__) || defined(LOOM_ENABLE_DEVICE)
-      if (o.model != "mlp") throw std::invalid_argument("--device cuda: only --model mlp has device kernels yet");
       std::printf("device: loom::cuda on the %s system\n", device::system_name());
+      if (o.model == "cnn") return train<CNN, loom::cuda>(o);
+      if (o.model == "resnet") return train<ResNet, loom::cuda>(o);
       return train<MLP, loom::cuda>(o);
 #else
       throw std::invalid_argument("--device cuda: this binary was built without the device backend (build fashion_mnist_cuda)");

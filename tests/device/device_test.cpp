@@ -375,6 +375,143 @@ TEST_CASE("device: a small CNN (Conv2d, ReLU, max pooling, Linear) trains as on 
   }, 1e-4);
 }
 
+TEST_CASE("device: layer norm, batch norm and dropout match the host") {
+  auto x = twin<Shape<4, 3, 5>>(60, -2, 3);
+  auto gamma = twin<Shape<5>>(61, 0.5, 1.5);
+  auto beta = twin<Shape<5>>(62);
+  SUBCASE("layer norm over the last axis; of a strided (transposed) input") {
+    const auto ln = [](const auto& a, const auto& g, const auto& b) { return make_node(nn::ops::LayerNorm{1e-5}, a, g, b); };
+    same_on_both(ln, 1e-5, x, gamma, beta);
+    auto g3 = twin<Shape<4>>(63, 0.5, 1.5);
+    auto b3 = twin<Shape<4>>(64);
+    same_on_both([&](const auto& a, const auto& g, const auto& b) { return ln(permute<2, 1, 0>(a), g, b); }, 1e-5, x, g3, b3);
+  }
+  SUBCASE("batch norm in training mode (batch statistics), gradients through them") {
+    auto c = twin<Shape<3>>(65, 0.5, 1.5);
+    auto cb = twin<Shape<3>>(66);
+    same_on_both([](const auto& a, const auto& g, const auto& b) {
+      nn::BatchNorm<3> bn;  // a fresh module per program: running statistics are checked below
+      return make_node(nn::ops::BatchNorm{bn.mode, bn.running_mean, bn.running_var}, a, g, b);
+    }, 1e-5, x, c, cb);
+  }
+  SUBCASE("batch norm modules: running statistics, then eval mode") {
+    nn::BatchNorm<3> h;
+    nn::BatchNorm<3, float, gpu> d;
+    auto ph = compile(sum(h(x.h) * h(x.h)));
+    auto pd = compile(sum(d(x.d) * d(x.d)));
+    for (int s = 0; s < 3; ++s) CHECK(pd.forward().item() == doctest::Approx(ph.forward().item()).epsilon(1e-5));
+    for (std::size_t k = 0; k < 3; ++k) {
+      CHECK((*d.running_mean)[k] == doctest::Approx((*h.running_mean)[k]).epsilon(1e-6));
+      CHECK((*d.running_var)[k] == doctest::Approx((*h.running_var)[k]).epsilon(1e-6));
+      CHECK((*h.running_var)[k] != doctest::Approx(1.0));  // they moved
+    }
+    h.set_training(false);
+    d.set_training(false);
+    CHECK(pd.forward().item() == doctest::Approx(ph.forward().item()).epsilon(1e-5));
+    x.h.zero_grad();
+    x.d.zero_grad();
+    ph.backward();
+    pd.backward();
+    check_close(x.h.grad(), x.d.grad(), 1e-5);
+    check_close(h.weight.grad(), d.weight.grad(), 1e-4);
+  }
+  SUBCASE("dropout: the same counter-based mask on both devices; the identity in eval mode") {
+    Generator g1(8), g2(8);
+    nn::Dropout<300> dh(g1), dd(g2);
+    const auto drop = [&](const auto& a) {
+      if constexpr (std::is_same_v<device_t<std::remove_cvref_t<decltype(a)>>, gpu>) return dd(a) * 1.0f;
+      else return dh(a) * 1.0f;
+    };
+    same_on_both(drop, 0, x);
+    same_on_both([&](const auto& a) { return drop(permute<1, 0, 2>(a)); }, 0, x);
+    auto pd = compile(sum(dd(x.d)));
+    const auto zeros = [&] {
+      const auto y = compile(materialize(dd(x.d))).forward().template to<cpu>();
+      std::size_t n = 0;
+      y.for_each([&](float v) { n += v == 0.0f; });
+      return n;
+    };
+    CHECK(zeros() > 0);
+    dd.set_training(false);
+    CHECK(zeros() == 0);
+    CHECK(pd.forward().item() == doctest::Approx(compile(sum(x.h)).forward().item()).epsilon(1e-5));
+  }
+}
+
+TEST_CASE("device: an MLP with layer norm and a CNN with batch norm and dropout train as on the host") {
+  SUBCASE("layer norm") {
+    using LnNet = nn::Sequential<nn::Linear<12, 16>, nn::LayerNorm<16>, nn::ReLU, nn::Linear<16, 4>>;
+    train_both<LnNet>([]<class D>(std::vector<nn::ParamRef<float, D>> p) { return optim::Adam<float, D>(p, {.lr = 0.01}); }, 1e-4);
+  }
+  SUBCASE("batch norm, dropout") {
+    using BnCnn = nn::Sequential<nn::Conv2d<1, 4, 3, 1, 1>, nn::BatchNorm2d<4>, nn::ReLU, nn::MaxPool2d<2>, nn::Flatten,
+                                 nn::Dropout<200>, nn::Linear<4 * 4 * 4, 3>>;
+    train_both<BnCnn, Shape<dyn, 1, 8, 8>>([]<class D>(std::vector<nn::ParamRef<float, D>> p) {
+      return optim::SGD<float, D>(p, {.lr = 0.05, .momentum = 0.9});
+    }, 1e-4);
+  }
+}
+
+TEST_CASE("device: attention (causal, padded, with dropout) matches the host, values and gradients") {
+  auto q = twin<Shape<2, 5, 8>>(70);
+  auto k = twin<Shape<2, 6, 8>>(71), v = twin<Shape<2, 6, 8>>(72);
+  SUBCASE("plain and causal") {
+    same_on_both([](const auto& a, const auto& b, const auto& c) { return attention<2>(a, b, c); }, 1e-5, q, k, v);
+    same_on_both([](const auto& a, const auto& b, const auto& c) { return attention<4, true>(a, b, c); }, 1e-5, q, k, v);
+  }
+  SUBCASE("key lengths (one row fully visible, one padded) and a strided query") {
+    Tensor<std::int64_t, Shape<2>> len({2}, {6, 3});
+    Constant<std::int64_t, Shape<2>, cpu> lh(len);
+    Constant<std::int64_t, Shape<2>, gpu> ld(len.to<gpu>());
+    same_on_both([&](const auto& a, const auto& b, const auto& c) {
+      if constexpr (std::is_same_v<device_t<std::remove_cvref_t<decltype(a)>>, gpu>) return attention<2, true>(a * 2.0f, b, c, ld);
+      else return attention<2, true>(a * 2.0f, b, c, lh);
+    }, 1e-5, q, k, v);
+    Tensor<std::int64_t, Shape<2>> bad({2}, {6, 7});
+    Constant<std::int64_t, Shape<2>, gpu> b(bad.to<gpu>());
+    auto p = compile(materialize(attention<2>(q.d, k.d, v.d, b)));
+    CHECK_THROWS_AS(p.forward(), std::out_of_range);
+  }
+  SUBCASE("dropout on the weights: the same pinned mask on both devices") {
+    auto st = std::make_shared<ops::AttentionState>();
+    st->dropout = 0.3, st->seed = 5, st->fixed_salt = true, st->calls = 1;
+    same_on_both([&](const auto& a, const auto& b, const auto& c) { return attention<2>(a, b, c, st); }, 1e-5, q, k, v);
+  }
+}
+
+TEST_CASE("device: a Transformer language model trains as on the host") {
+  using LM = nn::TransformerLM<11, 8, 2, 1, 8, 16>;
+  Generator g1(9), g2(9);
+  LM h(g1);
+  LM::on_device<gpu> d(g2);
+  Tensor<std::int64_t, Shape<dyn, dyn>> x({3, 6}), y({3, 6});
+  for (std::size_t i = 0; i < 18; ++i) x(i / 6, i % 6) = std::int64_t((i * 5) % 11), y(i / 6, i % 6) = std::int64_t((i * 7 + 1) % 11);
+  const auto pos = LM::positions(6);
+  auto step = [](const auto& net, auto d) {
+    using D = decltype(d);
+    auto xs = input<std::int64_t, Shape<dyn, dyn>, D>();
+    auto ys = input<std::int64_t, Shape<dyn, dyn>, D>();
+    auto ps = input<std::int64_t, Shape<dyn>, D>();
+    return compile(nn::cross_entropy(reshape<Shape<dyn, 11>>(net(xs, ps)), reshape<Shape<dyn>>(ys)));
+  };
+  auto ph = step(h, cpu{});
+  auto pd = step(d, gpu{});
+  auto oh = optim::Adam<float>(nn::parameters(h), {.lr = 0.01});
+  auto od = optim::Adam<float, gpu>(nn::parameters<float, gpu>(d), {.lr = 0.01});
+  const auto x2 = x.to<gpu>(), y2 = y.to<gpu>();
+  const auto p2 = pos.to<gpu>();
+  float first = 0, last = 0;
+  for (int s = 0; s < 5; ++s) {
+    const float lh = ph.forward(x, y, pos).item(), ld = pd.forward(x2, y2, p2).item();  // (inputs in creation order)
+    CHECK(ld == doctest::Approx(lh).epsilon(1e-4));
+    (s == 0 ? first : last) = ld;
+    ph.backward(), pd.backward();
+    oh.step(), od.step();
+    oh.zero_grad(), od.zero_grad();
+  }
+  CHECK(last < first);
+}
+
 TEST_CASE("device: clip_grad_norm and checkpoints of a device model") {
   Generator g1(4), g2(4);
   Net h(g1);

@@ -75,7 +75,11 @@ TEST_CASE("program: an elementwise chain and its backward run as one loop each")
   auto a = rand_param<Shape<1000>>(1), b = rand_param<Shape<1000>>(2), c = rand_param<Shape<1000>>(3);
   auto step = compile(tanh(a * b + c) * 0.5f + a);
   CHECK(step.stats().fused_nodes == 4);  // mul, add, tanh, mul fused into the root's loop
+#if defined(LOOM_CPU_RUNS_DEVICE_KERNELS)
+  auto& loops = backend::device::kernel_stats().kernels;  // (one kernel each on the device path)
+#else
   auto& loops = backend::cpu::fused_stats().loops;
+#endif
   step.forward();
   CHECK(step.stats().buffers == 1);       // the result only
   CHECK(step.stats().grad_buffers == 1);  // its incoming gradient only
@@ -232,3 +236,18 @@ TEST_CASE("program: reshaping an input bound to a strided view copies it in row-
   const float want[] = {0, 3, 1, 4, 2, 5};
   for (std::size_t i = 0; i < 6; ++i) CHECK(tr(i) == want[i]);
 }
+
+#if defined(LOOM_CPU_RUNS_DEVICE_KERNELS)
+// This file is also built into loom_suite_on_device, where every program runs the device code.
+TEST_CASE("suite on device: programs over host tensors launch the device kernels") {
+  using namespace loom;
+  Param<float, Shape<3, 4>> a(full<float, Shape<3, 4>>(2.0f));
+  auto p = compile(sum(tanh(a) * a));
+  const std::size_t before = backend::device::kernel_stats().kernels;
+  const float v = p.forward().item();
+  p.backward();
+  CHECK(backend::device::kernel_stats().kernels > before);
+  CHECK(v == doctest::Approx(12 * 2 * std::tanh(2.0)));
+  CHECK(a.grad()(1, 2) == doctest::Approx(std::tanh(2.0) + 2 * (1 - std::tanh(2.0) * std::tanh(2.0))));
+}
+#endif

@@ -40,6 +40,10 @@ void for_n(std::size_t n, const F& f);
 /// The sum of f(i) over [0, n), as one device reduction (the result comes back to the host).
 template <class V, class F>
 V sum_n(std::size_t n, const F& f);
+/// dst[s] = the sum of f(s, i) over i in [0, len), for every segment s in [0, segs), into device memory
+/// (per-channel and per-column statistics: each segment is split over many threads).
+template <class F>
+void segment_sums(std::size_t segs, std::size_t len, const F& f, double* dst);
 }  // namespace device
 
 }  // namespace backend

@@ -4,6 +4,8 @@
 #include <cstdint>
 #include <numbers>
 
+#include "device.hpp"
+
 namespace loom {
 
 /// splitmix64-seeded xoshiro256**: fast, reproducible, and independent of the standard library's
@@ -48,5 +50,15 @@ class Generator {
   double spare_ = 0;
   bool has_spare_ = false;
 };
+
+/// Uniform in [0, 1) from one 64-bit counter (a splitmix64 finalizer): a random stream that any thread
+/// of any device can index directly, so a mask is regenerated in the backward instead of stored, and
+/// the host and the device draw the same one (dropout, attention dropout).
+LOOM_HOST_DEVICE inline double hash_uniform(std::uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return static_cast<double>((x ^ (x >> 31)) >> 11) * 0x1.0p-53;
+}
 
 }  // namespace loom

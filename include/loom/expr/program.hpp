@@ -53,6 +53,24 @@ concept TaggedForward = requires(const Op& op, const A&... a) { op.forward(on<D>
 template <class Op, class D, class... A>
 concept TaggedBackward = requires(const Op& op, const A&... a) { op.backward(on<D>{}, a...); };
 
+/// The device whose kernels and loops run a program over tensors on device D: D itself, except in the
+/// test build that runs the whole op suite through the device code on Thrust's host systems
+/// (LOOM_CPU_RUNS_DEVICE_KERNELS, with LOOM_ENABLE_DEVICE and no CUDA: there, device memory is host
+/// memory, so loom::cpu programs can run the loom::cuda kernels; ops without one keep their host kernel).
+template <class D>
+struct exec_device {
+  using type = D;
+};
+#if defined(LOOM_CPU_RUNS_DEVICE_KERNELS)
+#if defined(__CUDACC__) || !defined(LOOM_ENABLE_DEVICE)
+#error "LOOM_CPU_RUNS_DEVICE_KERNELS is a test mode of the host device systems: define LOOM_ENABLE_DEVICE, no nvcc"
+#endif
+template <>
+struct exec_device<cpu> {
+  using type = cuda;
+};
+#endif
+
 /// A contribution to slot Slot's gradient, as an expression over slots.
 template <std::size_t Slot, class E>
 struct GradTo {
@@ -194,8 +212,9 @@ class Program {
 
  private:
   static constexpr std::size_t none = static_cast<std::size_t>(-1);
-  using X = backend::Exec<device_type>;           // the device's fused loops
-  using Mem = detail::DeviceMemory<device_type>;  // and memory
+  using K = typename detail::exec_device<device_type>::type;  // whose kernels run it
+  using X = backend::Exec<K>;                                  // the device's fused loops
+  using Mem = detail::DeviceMemory<device_type>;               // and memory
   struct Info {
     std::string_view name;
     Kind kind = Kind::leaf;
@@ -602,12 +621,12 @@ class Program {
           };
           // An op written once for every device takes on<D> first; host-only kernels do not.
           using Op = std::remove_cvref_t<decltype(e.op)>;
-          constexpr bool tagged = has_scratch<E> ? detail::TaggedForward<Op, device_type, decltype(out), in_view<E, I>..., T*>
-                                                 : detail::TaggedForward<Op, device_type, decltype(out), in_view<E, I>...>;
+          constexpr bool tagged = has_scratch<E> ? detail::TaggedForward<Op, K, decltype(out), in_view<E, I>..., T*>
+                                                 : detail::TaggedForward<Op, K, decltype(out), in_view<E, I>...>;
           if constexpr (tagged && has_scratch<E>) {
-            e.op.forward(on<device_type>{}, out, in(std::integral_constant<std::size_t, I>{})..., scratch_of<E>(s));
+            e.op.forward(on<K>{}, out, in(std::integral_constant<std::size_t, I>{})..., scratch_of<E>(s));
           } else if constexpr (tagged) {
-            e.op.forward(on<device_type>{}, out, in(std::integral_constant<std::size_t, I>{})...);
+            e.op.forward(on<K>{}, out, in(std::integral_constant<std::size_t, I>{})...);
           } else if constexpr (!HostDevice<device_type>) {
             static_assert(tagged, "loom: this op has no kernel for loom::cuda yet (its type is in the instantiation trace)");
           } else if constexpr (has_scratch<E>) {
@@ -804,12 +823,12 @@ class Program {
       using Op = std::remove_cvref_t<decltype(e.op)>;
       using V = detail::View<T, R>;
       constexpr bool tagged =
-          has_scratch<E> ? detail::TaggedBackward<Op, device_type, V, V, std::pair<in_view<E, I>, in_view<E, I>>..., T*>
-                         : detail::TaggedBackward<Op, device_type, V, V, std::pair<in_view<E, I>, in_view<E, I>>...>;
+          has_scratch<E> ? detail::TaggedBackward<Op, K, V, V, std::pair<in_view<E, I>, in_view<E, I>>..., T*>
+                         : detail::TaggedBackward<Op, K, V, V, std::pair<in_view<E, I>, in_view<E, I>>...>;
       if constexpr (tagged && has_scratch<E>)
-        e.op.backward(on<device_type>{}, g, v, child_arg<Base + E::child_offset[I], detail::child_t<E, I>>()..., scratch_of<E>(s));
+        e.op.backward(on<K>{}, g, v, child_arg<Base + E::child_offset[I], detail::child_t<E, I>>()..., scratch_of<E>(s));
       else if constexpr (tagged)
-        e.op.backward(on<device_type>{}, g, v, child_arg<Base + E::child_offset[I], detail::child_t<E, I>>()...);
+        e.op.backward(on<K>{}, g, v, child_arg<Base + E::child_offset[I], detail::child_t<E, I>>()...);
       else if constexpr (!HostDevice<device_type>)
         static_assert(tagged, "loom: this op has no backward kernel for loom::cuda yet");
       else if constexpr (has_scratch<E>)

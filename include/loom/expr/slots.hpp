@@ -3,6 +3,7 @@
 #pragma once
 #include <cstddef>
 
+#include "../core/device.hpp"
 #include "../core/shape.hpp"
 
 namespace loom::detail {
@@ -37,6 +38,30 @@ std::ptrdiff_t row_offset(std::size_t k, const View<T, R>& v) {
   }
   return off;
 }
+
+/// A view's extents and strides as a trivially copyable value that device code can hold: the offset of
+/// element k (row-major order), or of row k (the elements over the leading R - 1 axes).
+template <std::size_t R>
+struct Layout {
+  std::size_t dims[R > 0 ? R : 1]{};
+  std::ptrdiff_t st[R > 0 ? R : 1]{};
+  template <class T>
+  static Layout of(const View<T, R>& v) {
+    Layout l;
+    for (std::size_t a = 0; a < R; ++a) l.dims[a] = v.dims[a], l.st[a] = v.strides[a];
+    return l;
+  }
+  LOOM_HOST_DEVICE std::ptrdiff_t at(std::size_t k) const { return over(k, R); }
+  LOOM_HOST_DEVICE std::ptrdiff_t row(std::size_t k) const { return over(k, R - 1); }
+  LOOM_HOST_DEVICE std::ptrdiff_t over(std::size_t k, std::size_t axes) const {
+    std::ptrdiff_t off = 0;
+    for (std::size_t a = axes; a-- > 0;) {
+      off += static_cast<std::ptrdiff_t>(k % dims[a]) * st[a];
+      k /= dims[a];
+    }
+    return off;
+  }
+};
 
 template <class T, std::size_t R>
 View<T, R> value_view(const SlotRec& s) {

@@ -17,6 +17,201 @@ namespace loom::nn {
 
 namespace ops {
 
+/// Device kernels of the norms: per-channel / per-column sums go through backend::device::segment_sums
+/// (double accumulation, as on the host); the elementwise passes are one thread per element or row.
+namespace norm_kernels {
+using loom::detail::Layout;
+/// Offset of term i of channel c of a contiguous [N, C, S] tensor (i runs over N * S).
+struct ChannelIndex {
+  std::size_t C, S;
+  LOOM_HOST_DEVICE std::size_t operator()(std::size_t c, std::size_t i) const { return ((i / S) * C + c) * S + i % S; }
+};
+template <class T>
+struct ChannelValues {  // x[n, c, k]
+  ChannelIndex at;
+  const T* x;
+  LOOM_HOST_DEVICE double operator()(std::size_t c, std::size_t i) const { return x[at(c, i)]; }
+};
+template <class T>
+struct ChannelSquares {  // (x[n, c, k] - mean_c)^2, mean_c = sum_c * inv_m
+  ChannelIndex at;
+  const T* x;
+  const double* sum;
+  double inv_m;
+  LOOM_HOST_DEVICE double operator()(std::size_t c, std::size_t i) const {
+    const double d = x[at(c, i)] - sum[c] * inv_m;
+    return d * d;
+  }
+};
+template <class T>
+struct ChannelGradXhat {  // g * (x - mu_c) * inv_c, with (mu, inv) interleaved in stats
+  ChannelIndex at;
+  const T* g;
+  const T* x;
+  const T* stats;
+  LOOM_HOST_DEVICE double operator()(std::size_t c, std::size_t i) const {
+    const std::size_t j = at(c, i);
+    return double(g[j]) * (double(x[j]) - stats[2 * c]) * stats[2 * c + 1];
+  }
+};
+/// Turns the channel sums of x and of its squared deviations into (mean, variance) in place and the
+/// kernel's (mean, 1 / sqrt(var + eps)) into stats.
+template <class T>
+struct ChannelMoments {
+  double* sums;  // [sum x | sum (x - mean)^2] -> [mean | var]
+  std::size_t C;
+  double inv_m, eps;
+  T* stats;
+  LOOM_HOST_DEVICE void operator()(std::size_t c) const {
+    const double mu = sums[c] * inv_m, var = sums[C + c] * inv_m;
+    sums[c] = mu, sums[C + c] = var;
+    stats[2 * c] = T(mu), stats[2 * c + 1] = T(1 / std::sqrt(var + eps));
+  }
+};
+template <class T>
+struct Normalize {  // out = (x - mu_c) * inv_c * gamma_c + beta_c
+  std::size_t C, S;
+  const T* x;
+  T* out;
+  const T* stats;
+  const T* gamma;
+  std::ptrdiff_t gs;
+  const T* beta;
+  std::ptrdiff_t bs;
+  LOOM_HOST_DEVICE void operator()(std::size_t i) const {
+    const std::size_t c = (i / S) % C;
+    out[i] = T((double(x[i]) - stats[2 * c]) * stats[2 * c + 1] * gamma[c * gs] + beta[c * bs]);
+  }
+};
+template <class T>
+struct ChannelInputGrad {  // batch norm's dx (training: through the batch statistics)
+  std::size_t C, S;
+  const T* g;
+  const T* x;
+  T* dx;
+  const T* stats;
+  const double* sums;  // [sum g | sum g * xhat]
+  const T* gamma;
+  std::ptrdiff_t gs;
+  double M;
+  bool training;
+  LOOM_HOST_DEVICE void operator()(std::size_t i) const {
+    const std::size_t c = (i / S) % C;
+    const double inv = stats[2 * c + 1], ga = gamma[c * gs], xhat = (double(x[i]) - stats[2 * c]) * inv;
+    dx[i] += T(training ? ga * inv / M * (M * g[i] - sums[c] - xhat * sums[C + c]) : ga * inv * g[i]);
+  }
+};
+/// dgamma += sum g * xhat, dbeta += sum g (either may be absent).
+template <class T>
+struct AffineGrads {
+  const double* sum_gxhat;
+  const double* sum_g;
+  T* dgamma;
+  std::ptrdiff_t dgs;
+  T* dbeta;
+  std::ptrdiff_t dbs;
+  LOOM_HOST_DEVICE void operator()(std::size_t c) const {
+    if (dgamma) dgamma[c * dgs] += T(sum_gxhat[c]);
+    if (dbeta) dbeta[c * dbs] += T(sum_g[c]);
+  }
+};
+/// Layer norm: row k of x (the last axis) normalized into the kernel's own contiguous output.
+template <class T, std::size_t R>
+struct RowForward {
+  const T* x;
+  Layout<R> xl;
+  std::size_t D;
+  const T* gamma;
+  std::ptrdiff_t gs;
+  const T* beta;
+  std::ptrdiff_t bs;
+  T* out;
+  T* stats;
+  T eps;
+  LOOM_HOST_DEVICE void operator()(std::size_t k) const {
+    const T* row = x + xl.row(k);
+    const std::ptrdiff_t xs = xl.st[R - 1];
+    T mu = 0, var = 0;
+    for (std::size_t d = 0; d < D; ++d) mu += row[d * xs];
+    mu /= T(D);
+    for (std::size_t d = 0; d < D; ++d) var += (row[d * xs] - mu) * (row[d * xs] - mu);
+    const T rstd = T(1) / std::sqrt(var / T(D) + eps);
+    stats[2 * k] = mu, stats[2 * k + 1] = rstd;
+    for (std::size_t d = 0; d < D; ++d) out[k * D + d] = (row[d * xs] - mu) * rstd * gamma[d * gs] + beta[d * bs];
+  }
+};
+template <class T, std::size_t R>
+struct RowInputGrad {  // dx = rstd * (g gamma - mean(g gamma) - xhat * mean(g gamma xhat))
+  const T* x;
+  Layout<R> xl;
+  const T* gy;
+  Layout<R> gl;
+  T* dx;
+  Layout<R> dl;
+  std::size_t D;
+  const T* gamma;
+  std::ptrdiff_t gs;
+  const T* stats;
+  LOOM_HOST_DEVICE void operator()(std::size_t k) const {
+    const T* row = x + xl.row(k);
+    const T* grow = gy + gl.row(k);
+    T* drow = dx + dl.row(k);
+    const std::ptrdiff_t xs = xl.st[R - 1], gys = gl.st[R - 1], ds = dl.st[R - 1];
+    const T mu = stats[2 * k], rstd = stats[2 * k + 1];
+    T m1 = 0, m2 = 0;
+    for (std::size_t d = 0; d < D; ++d) {
+      const T gg = grow[d * gys] * gamma[d * gs];
+      m1 += gg, m2 += gg * (row[d * xs] - mu);
+    }
+    m1 /= T(D), m2 *= rstd / T(D);
+    for (std::size_t d = 0; d < D; ++d)
+      drow[d * ds] += rstd * (grow[d * gys] * gamma[d * gs] - m1 - (row[d * xs] - mu) * (rstd * m2));
+  }
+};
+template <class T, std::size_t R>
+struct ColumnTerm {  // column d, row k: g (or g * xhat when Xhat)
+  const T* x;
+  Layout<R> xl;
+  const T* gy;
+  Layout<R> gl;
+  const T* stats;
+  bool xhat;
+  LOOM_HOST_DEVICE double operator()(std::size_t d, std::size_t k) const {
+    const double g = gy[gl.row(k) + static_cast<std::ptrdiff_t>(d) * gl.st[R - 1]];
+    if (!xhat) return g;
+    return g * (double(x[xl.row(k) + static_cast<std::ptrdiff_t>(d) * xl.st[R - 1]]) - stats[2 * k]) * stats[2 * k + 1];
+  }
+};
+/// Dropout: mask k is drawn from the counter hash of (seed, k), so the host and the device agree.
+template <class T>
+LOOM_HOST_DEVICE inline T drop_mask(std::uint64_t seed, std::size_t k, double p, T keep) {
+  return hash_uniform(seed ^ (static_cast<std::uint64_t>(k) * 0xD6E8FEB86659FD93ull)) >= p ? keep : T(0);
+}
+template <class T, std::size_t R>
+struct DropForward {
+  const T* x;
+  Layout<R> xl;
+  T* out;
+  T* mask;
+  std::uint64_t seed;
+  double p;
+  T keep;
+  bool on;
+  LOOM_HOST_DEVICE void operator()(std::size_t k) const {
+    mask[k] = on ? drop_mask(seed, k, p, keep) : T(1);
+    out[k] = x[xl.at(k)] * mask[k];
+  }
+};
+template <class T, std::size_t R>
+struct DropBackward {
+  const T* g;
+  const T* mask;
+  T* dx;
+  Layout<R> dl;
+  LOOM_HOST_DEVICE void operator()(std::size_t k) const { dx[dl.at(k)] += g[k] * mask[k]; }
+};
+}  // namespace norm_kernels
+
 /// Channel statistics of x [N, C, ...] with affine parameters gamma, beta [C].
 struct BatchNorm {
   static constexpr Kind kind = Kind::kernel;
@@ -66,8 +261,7 @@ struct BatchNorm {
             s2 += d * d;
           }
         var = s2 / M;
-        (*running_mean)[c] = (1 - momentum) * (*running_mean)[c] + momentum * mu;
-        (*running_var)[c] = (1 - momentum) * (*running_var)[c] + momentum * (M > 1 ? var * M / (M - 1) : var);
+        update_running(c, mu, var, M);
       }
       const double inv = 1.0 / std::sqrt(var + eps), ga = gamma.data[c * gamma.strides[0]], be = beta.data[c * beta.strides[0]];
       stats[2 * c] = T(mu);
@@ -107,6 +301,58 @@ struct BatchNorm {
         }
     }
   }
+
+  /// The running statistics after a training batch with mean mu and (biased) variance var over M terms.
+  void update_running(std::size_t c, double mu, double var, double M) const {
+    (*running_mean)[c] = (1 - momentum) * (*running_mean)[c] + momentum * mu;
+    (*running_var)[c] = (1 - momentum) * (*running_var)[c] + momentum * (M > 1 ? var * M / (M - 1) : var);
+  }
+  template <class Dev, class T, std::size_t R>
+    requires(!HostDevice<Dev>)
+  void forward(on<Dev>, const loom::detail::View<T, R>& out, const loom::detail::View<T, R>& x,
+               const loom::detail::View<T, 1>& gamma, const loom::detail::View<T, 1>& beta, T* stats) const {
+    using namespace norm_kernels;
+    const auto [N, C, S] = layout(x, "input");
+    const double M = double(N * S);
+    if (mode->training) {
+      auto sums = loom::detail::DeviceMemory<Dev>::template allocate<double>(2 * C);
+      const ChannelIndex at{C, S};
+      backend::device::segment_sums(C, N * S, ChannelValues<T>{at, x.data}, sums.get());
+      backend::device::segment_sums(C, N * S, ChannelSquares<T>{at, x.data, sums.get(), 1 / M}, sums.get() + C);
+      backend::device::for_n(C, ChannelMoments<T>{sums.get(), C, 1 / M, eps, stats});
+      std::vector<double> mv(2 * C);  // the running statistics live on the host (checkpoints, eval)
+      loom::detail::DeviceMemory<Dev>::to_host(mv.data(), sums.get(), 2 * C);
+      for (std::size_t c = 0; c < C; ++c) update_running(c, mv[c], mv[C + c], M);
+    } else {
+      std::vector<T> st(2 * C);
+      for (std::size_t c = 0; c < C; ++c)
+        st[2 * c] = T((*running_mean)[c]), st[2 * c + 1] = T(1 / std::sqrt((*running_var)[c] + eps));
+      loom::detail::DeviceMemory<Dev>::from_host(stats, st.data(), 2 * C);
+    }
+    backend::device::for_n(N * C * S, Normalize<T>{C, S, x.data, out.data, stats, gamma.data, gamma.strides[0], beta.data,
+                                                   beta.strides[0]});
+  }
+  template <class Dev, class T, std::size_t R>
+    requires(!HostDevice<Dev>)
+  void backward(on<Dev>, const loom::detail::View<T, R>& g, const loom::detail::View<T, R>&,
+                const std::pair<loom::detail::View<T, R>, loom::detail::View<T, R>>& x,
+                const std::pair<loom::detail::View<T, 1>, loom::detail::View<T, 1>>& gamma,
+                const std::pair<loom::detail::View<T, 1>, loom::detail::View<T, 1>>& beta, T* stats) const {
+    using namespace norm_kernels;
+    const auto [N, C, S] = layout(x.first, "input");
+    layout(x.second, "input gradient");
+    const ChannelIndex at{C, S};
+    auto sums = loom::detail::DeviceMemory<Dev>::template allocate<double>(2 * C);  // [sum g | sum g * xhat]
+    backend::device::segment_sums(C, N * S, ChannelValues<T>{at, g.data}, sums.get());
+    backend::device::segment_sums(C, N * S, ChannelGradXhat<T>{at, g.data, x.first.data, stats}, sums.get() + C);
+    if (gamma.second.data || beta.second.data)
+      backend::device::for_n(C, AffineGrads<T>{sums.get() + C, sums.get(), gamma.second.data, gamma.second.strides[0],
+                                               beta.second.data, beta.second.strides[0]});
+    if (x.second.data)
+      backend::device::for_n(N * C * S, ChannelInputGrad<T>{C, S, g.data, x.first.data, x.second.data, stats, sums.get(),
+                                                            gamma.first.data, gamma.first.strides[0], double(N * S),
+                                                            mode->training});
+  }
 };
 
 /// y = x * mask / (1 - p), mask ~ Bernoulli(1 - p) drawn from the layer's generator each training step.
@@ -123,12 +369,17 @@ struct Dropout {
   Dims<R> dims(const Dims<R>& x) const { return x; }
   template <std::size_t R>
   std::size_t scratch(const Dims<R>& x) const { return numel(x); }
+  /// This forward's seed (a fresh one per training step); 0 and unused when the mask is all ones.
+  std::uint64_t draw_seed() const { return active() ? gen->next() : 0; }
+  bool active() const { return mode->training && p != 0; }
   template <class T, std::size_t R>
   void forward(const loom::detail::View<T, R>& out, const loom::detail::View<T, R>& x, T* mask) const {
+    const bool on = active();
+    const std::uint64_t seed = draw_seed();
     const T keep = T(1 / (1 - p));
     std::size_t k = 0;
     loom::detail::for_each_offset(x.dims, x.strides, [&](std::ptrdiff_t o) {
-      mask[k] = (!mode->training || p == 0) ? T{1} : (gen->uniform() >= p ? keep : T{0});
+      mask[k] = on ? norm_kernels::drop_mask(seed, k, p, keep) : T{1};
       out.data[k] = x.data[o] * mask[k];
       ++k;
     });
@@ -142,6 +393,22 @@ struct Dropout {
       x.second.data[o] += g.data[k] * mask[k];
       ++k;
     });
+  }
+  template <class Dev, class T, std::size_t R>
+    requires(!HostDevice<Dev>)
+  void forward(on<Dev>, const loom::detail::View<T, R>& out, const loom::detail::View<T, R>& x, T* mask) const {
+    const bool on = active();
+    const std::uint64_t seed = draw_seed();
+    backend::device::for_n(x.size(), norm_kernels::DropForward<T, R>{x.data, loom::detail::Layout<R>::of(x), out.data, mask,
+                                                                    seed, p, T(1 / (1 - p)), on});
+  }
+  template <class Dev, class T, std::size_t R>
+    requires(!HostDevice<Dev>)
+  void backward(on<Dev>, const loom::detail::View<T, R>& g, const loom::detail::View<T, R>&,
+                const std::pair<loom::detail::View<T, R>, loom::detail::View<T, R>>& x, T* mask) const {
+    if (!x.second.data) return;
+    backend::device::for_n(x.second.size(),
+                           norm_kernels::DropBackward<T, R>{g.data, mask, x.second.data, loom::detail::Layout<R>::of(x.second)});
   }
 };
 
@@ -245,19 +512,52 @@ struct LayerNorm {
       if (b.second.data) arr<Unit>(b.second.data, D, b.second.strides[0]) += grow;
     }
   }
+
+  template <class Dev, class T, std::size_t R>
+    requires(!HostDevice<Dev>)
+  void forward(on<Dev>, const loom::detail::View<T, R>& out, const loom::detail::View<T, R>& x,
+               const loom::detail::View<T, 1>& g, const loom::detail::View<T, 1>& b, T* stats) const {
+    const std::size_t D = x.dims[R - 1];
+    backend::device::for_n(numel(x.dims) / std::max<std::size_t>(1, D),
+                           norm_kernels::RowForward<T, R>{x.data, loom::detail::Layout<R>::of(x), D, g.data, g.strides[0], b.data,
+                                                          b.strides[0], out.data, stats, T(eps)});
+  }
+  template <class Dev, class T, std::size_t R>
+    requires(!HostDevice<Dev>)
+  void backward(on<Dev>, const loom::detail::View<T, R>& gy, const loom::detail::View<T, R>&,
+                const std::pair<loom::detail::View<T, R>, loom::detail::View<T, R>>& x,
+                const std::pair<loom::detail::View<T, 1>, loom::detail::View<T, 1>>& g,
+                const std::pair<loom::detail::View<T, 1>, loom::detail::View<T, 1>>& b, T* stats) const {
+    using loom::detail::Layout;
+    const std::size_t D = x.first.dims[R - 1], rows = numel(x.first.dims) / std::max<std::size_t>(1, D);
+    const auto xl = Layout<R>::of(x.first), gl = Layout<R>::of(gy);
+    if (x.second.data)
+      backend::device::for_n(rows, norm_kernels::RowInputGrad<T, R>{x.first.data, xl, gy.data, gl, x.second.data,
+                                                                   Layout<R>::of(x.second), D, g.first.data, g.first.strides[0], stats});
+    if (!g.second.data && !b.second.data) return;
+    auto sums = loom::detail::DeviceMemory<Dev>::template allocate<double>(2 * D);  // [sum g | sum g * xhat] per column
+    backend::device::segment_sums(D, rows, norm_kernels::ColumnTerm<T, R>{x.first.data, xl, gy.data, gl, stats, false}, sums.get());
+    backend::device::segment_sums(D, rows, norm_kernels::ColumnTerm<T, R>{x.first.data, xl, gy.data, gl, stats, true},
+                                  sums.get() + D);
+    backend::device::for_n(D, norm_kernels::AffineGrads<T>{sums.get() + D, sums.get(), g.second.data, g.second.strides[0],
+                                                           b.second.data, b.second.strides[0]});
+  }
 };
 
 }  // namespace ops
 
 /// Batch normalization over the channel axis 1 of [N, C] or [N, C, H, W] (PyTorch's defaults:
-/// momentum 0.1, eps 1e-5, gamma 1, beta 0, running mean 0 / variance 1).
-template <std::size_t C, class T = float>
+/// momentum 0.1, eps 1e-5, gamma 1, beta 0, running mean 0 / variance 1). On a device the parameters
+/// live there and the running statistics stay on the host (2C numbers copied back per training step).
+template <std::size_t C, class T = float, class D = cpu>
 struct BatchNorm {
   static constexpr std::size_t in_features = C, out_features = C;
   static constexpr std::size_t num_params = 2 * C;
   static constexpr std::string_view name = "BatchNorm";
-  Param<T, Shape<C>> weight{ones<T, Shape<C>>()};
-  Param<T, Shape<C>> bias;
+  template <class D2>
+  using on_device = BatchNorm<C, T, D2>;
+  Param<T, Shape<C>, D> weight{ones<T, Shape<C>, D>()};
+  Param<T, Shape<C>, D> bias;
   std::shared_ptr<Mode> mode = std::make_shared<Mode>();
   std::shared_ptr<std::vector<double>> running_mean = std::make_shared<std::vector<double>>(C, 0.0);
   std::shared_ptr<std::vector<double>> running_var = std::make_shared<std::vector<double>>(C, 1.0);
@@ -281,21 +581,23 @@ struct BatchNorm {
     f(prefix + "running_var", *running_var);
   }
 };
-template <std::size_t C, class T = float>
-using BatchNorm1d = BatchNorm<C, T>;
-template <std::size_t C, class T = float>
-using BatchNorm2d = BatchNorm<C, T>;
+template <std::size_t C, class T = float, class D = cpu>
+using BatchNorm1d = BatchNorm<C, T, D>;
+template <std::size_t C, class T = float, class D = cpu>
+using BatchNorm2d = BatchNorm<C, T, D>;
 
 /// Layer normalization over the last axis: (x - mean) / sqrt(var + eps) * gamma + beta, one fused
 /// kernel (the mean and inverse deviation of each row are kept for the backward; x is read once, so
 /// a residual stream feeding it stays one node of the expression).
-template <std::size_t D, class T = float>
+template <std::size_t D, class T = float, class Dev = cpu>
 struct LayerNorm {
   static constexpr std::size_t in_features = D, out_features = D;
   static constexpr std::size_t num_params = 2 * D;
   static constexpr std::string_view name = "LayerNorm";
-  Param<T, Shape<D>> weight{ones<T, Shape<D>>()};
-  Param<T, Shape<D>> bias;
+  template <class D2>
+  using on_device = LayerNorm<D, T, D2>;
+  Param<T, Shape<D>, Dev> weight{ones<T, Shape<D>, Dev>()};
+  Param<T, Shape<D>, Dev> bias;
   double eps = 1e-5;
   LayerNorm() = default;
   explicit LayerNorm(Generator&) {}

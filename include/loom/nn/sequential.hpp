@@ -167,6 +167,8 @@ struct Residual {
   static constexpr std::size_t in_features = Body::in_features, out_features = Body::out_features;
   static constexpr std::size_t num_params = Body::num_params;
   static constexpr std::string_view name = "Residual";
+  template <class D>
+  using on_device = Residual<on_device_t<L, D>...>;
   Body body;
   explicit Residual(Generator& g) : body(g) {}
   /// x is read twice, so it is a `let`: the expression type holds it once (stacks of residual blocks

@@ -72,15 +72,17 @@ struct KVCache {
 };
 
 /// Self-attention with Heads heads over x [B, T, D].
-template <std::size_t D, std::size_t Heads, bool Causal = false, class T = float>
+template <std::size_t D, std::size_t Heads, bool Causal = false, class T = float, class Dev = cpu>
 struct MultiheadAttention {
   static_assert(D % Heads == 0, "loom::nn::MultiheadAttention: D must be divisible by Heads");
   static constexpr std::size_t in_features = D, out_features = D;
   static constexpr std::size_t num_params = 3 * D * D + 3 * D + D * D + D;
   static constexpr std::string_view name = "MultiheadAttention";
-  Param<T, Shape<3 * D, D>> in_proj_weight;
-  Param<T, Shape<3 * D>> in_proj_bias;
-  Linear<D, D, true, T> out_proj;
+  template <class D2>
+  using on_device = MultiheadAttention<D, Heads, Causal, T, D2>;
+  Param<T, Shape<3 * D, D>, Dev> in_proj_weight;
+  Param<T, Shape<3 * D>, Dev> in_proj_bias;
+  Linear<D, D, true, T, Dev> out_proj;
   std::shared_ptr<loom::ops::AttentionState> state = std::make_shared<loom::ops::AttentionState>();
 
   /// PyTorch's init: xavier_uniform in_proj_weight, zero biases, out_proj.weight as a Linear's.
@@ -124,14 +126,16 @@ struct MultiheadAttention {
 /// Pre-norm Transformer layer: attention then a GELU MLP of width FF, each inside a residual, with
 /// dropout DropPerMille / 1000 on the attention weights and on both residual branches.
 template <std::size_t D, std::size_t Heads, std::size_t FF = 4 * D, bool Causal = true, std::size_t DropPerMille = 0,
-          class T = float>
+          class T = float, class Dev = cpu>
 struct TransformerLayer {
   static constexpr std::size_t in_features = D, out_features = D;
   static constexpr std::string_view name = "TransformerLayer";
-  LayerNorm<D, T> norm1, norm2;
-  MultiheadAttention<D, Heads, Causal, T> self_attn;
-  Linear<D, FF, true, T> linear1;
-  Linear<FF, D, true, T> linear2;
+  template <class D2>
+  using on_device = TransformerLayer<D, Heads, FF, Causal, DropPerMille, T, D2>;
+  LayerNorm<D, T, Dev> norm1, norm2;
+  MultiheadAttention<D, Heads, Causal, T, Dev> self_attn;
+  Linear<D, FF, true, T, Dev> linear1;
+  Linear<FF, D, true, T, Dev> linear2;
   Dropout<DropPerMille> dropout1, dropout2;
   static constexpr std::size_t num_params = 2 * LayerNorm<D, T>::num_params + decltype(self_attn)::num_params +
                                             decltype(linear1)::num_params + decltype(linear2)::num_params;
@@ -179,15 +183,17 @@ struct TransformerLayer {
 /// Decoder-only language model: token and learned positional embeddings, Layers causal pre-norm
 /// layers, a final LayerNorm and a linear head over V tokens; at most MaxT positions.
 template <std::size_t V, std::size_t D, std::size_t Heads, std::size_t Layers, std::size_t MaxT, std::size_t FF = 4 * D,
-          std::size_t DropPerMille = 0, class T = float>
+          std::size_t DropPerMille = 0, class T = float, class Dev = cpu>
 struct TransformerLM {
-  using Layer = TransformerLayer<D, Heads, FF, true, DropPerMille, T>;
+  using Layer = TransformerLayer<D, Heads, FF, true, DropPerMille, T, Dev>;
+  template <class D2>
+  using on_device = TransformerLM<V, D, Heads, Layers, MaxT, FF, DropPerMille, T, D2>;
   static constexpr std::size_t vocab = V, dim = D, num_layers = Layers, max_len = MaxT;
-  Embedding<V, D, T> tok;
-  Embedding<MaxT, D, T> pos;
+  Embedding<V, D, T, Dev> tok;
+  Embedding<MaxT, D, T, Dev> pos;
   std::array<Layer, Layers> layers;
-  LayerNorm<D, T> norm;
-  Linear<D, V, true, T> head;
+  LayerNorm<D, T, Dev> norm;
+  Linear<D, V, true, T, Dev> head;
   static constexpr std::size_t num_params =
       V * D + MaxT * D + Layers * Layer::num_params + LayerNorm<D, T>::num_params + Linear<D, V, true, T>::num_params;
 

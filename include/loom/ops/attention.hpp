@@ -32,12 +32,6 @@ struct check_attention {
                     "(see check_attention below)");
   static constexpr bool value = Ok;
 };
-inline double hash_uniform(std::uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return static_cast<double>((x ^ (x >> 31)) >> 11) * 0x1.0p-53;
-}
 }  // namespace detail
 
 namespace ops {
@@ -95,7 +89,7 @@ struct Attention {
     std::size_t q0;
     const std::int64_t* len;  // null: every key is valid
     std::ptrdiff_t len_stride;
-    std::size_t kv_end(std::size_t b) const {
+    LOOM_HOST_DEVICE std::size_t kv_end(std::size_t b) const {
       return len ? static_cast<std::size_t>(len[static_cast<std::ptrdiff_t>(b) * len_stride]) : Tk;
     }
     /// Validates the key lengths (before any parallel region: exceptions must not cross it).
@@ -105,11 +99,13 @@ struct Attention {
           throw std::out_of_range("loom::attention: key length " + std::to_string(n) + " outside [0, " + std::to_string(Tk) + "]");
     }
     /// One past the last key query i may see.
-    std::size_t visible(std::size_t b_end, std::size_t i) const { return Causal ? std::min(b_end, q0 + i + 1) : b_end; }
+    LOOM_HOST_DEVICE std::size_t visible(std::size_t b_end, std::size_t i) const {
+      return Causal ? (q0 + i + 1 < b_end ? q0 + i + 1 : b_end) : b_end;
+    }
     /// Dropout multiplier of weight (b, h, i, j): 0 or 1 / (1 - p).
-    T drop(std::size_t bh, std::size_t i, std::size_t j) const {
+    LOOM_HOST_DEVICE T drop(std::size_t bh, std::size_t i, std::size_t j) const {
       if (p == 0) return T(1);
-      return detail::hash_uniform(salt ^ (((bh * Tq + i) * Tk + j) * 0xD6E8FEB86659FD93ull)) < p ? T(0) : keep_scale;
+      return hash_uniform(salt ^ (((bh * Tq + i) * Tk + j) * 0xD6E8FEB86659FD93ull)) < p ? T(0) : keep_scale;
     }
   };
   template <class T>
@@ -123,7 +119,8 @@ struct Attention {
   static detail::View<T, 2> buf(T* p, std::size_t r, std::size_t c) { return {p, {r, c}, {static_cast<std::ptrdiff_t>(c), 1}}; }
 
   template <class T, class... L>
-  Ctx<T> context(const detail::View<T, 3>& q, const detail::View<T, 3>& k, bool new_salt, const L&... len) const {
+  Ctx<T> context(const detail::View<T, 3>& q, const detail::View<T, 3>& k, bool new_salt, bool host_lengths,
+                 const L&... len) const {
     Ctx<T> c{q.dims[0], q.dims[1], k.dims[1], q.dims[2], q.dims[2] / Heads, T(0), T(1), 0.0, 0, 0, nullptr, 0};
     c.scale = T(1 / std::sqrt(double(c.dh)));
     c.p = state->mode.training ? state->dropout : 0.0;
@@ -132,7 +129,7 @@ struct Attention {
     c.salt = state->seed * 0x9E3779B97F4A7C15ull + state->calls;
     c.q0 = state->q_start ? *state->q_start : 0;
     if constexpr (sizeof...(L) == 1) ((c.len = len.data, c.len_stride = len.strides[0]), ...);
-    c.check();
+    if (host_lengths) c.check();
     return c;
   }
   /// Scores of tile (i0.., j0..) into s (rows x cols), scaled and masked (-inf where invisible).
@@ -153,8 +150,8 @@ struct Attention {
                const detail::View<T, 3>& v, const L&... rest) const {
     T* scratch = std::get<sizeof...(L) - 1>(std::tie(rest...));
     const auto c = [&] {
-      if constexpr (sizeof...(L) == 2) return context(q, k, true, std::get<0>(std::tie(rest...)));
-      else return context(q, k, true);
+      if constexpr (sizeof...(L) == 2) return context(q, k, true, true, std::get<0>(std::tie(rest...)));
+      else return context(q, k, true, true);
     }();
     T* lse = scratch;
     T* tiles = scratch + 2 * c.B * Heads * c.Tq;
@@ -219,8 +216,8 @@ struct Attention {
                 const std::pair<detail::View<T, 3>, detail::View<T, 3>>& v, const L&... rest) const {
     T* scratch = std::get<sizeof...(L) - 1>(std::tie(rest...));
     const auto c = [&] {
-      if constexpr (sizeof...(L) == 2) return context(q.first, k.first, false, std::get<0>(std::tie(rest...)).first);
-      else return context(q.first, k.first, false);
+      if constexpr (sizeof...(L) == 2) return context(q.first, k.first, false, true, std::get<0>(std::tie(rest...)).first);
+      else return context(q.first, k.first, false, true);
     }();
     const T* lse = scratch;
     T* rowdot = scratch + c.B * Heads * c.Tq;
@@ -272,6 +269,173 @@ struct Attention {
         }
       }
     }
+  }
+
+  // ---- The device kernels: one thread per query row (forward, dQ) or key row (dK, dV), the scores
+  // recomputed from q and k (nothing T x T is stored), the same masks and dropout hash as the host.
+  /// A [B, T, D] operand: base pointer and strides (trivially copyable for kernels).
+  template <class P>
+  struct Mat {
+    P* p;
+    std::ptrdiff_t s0, s1, s2;
+    LOOM_HOST_DEVICE P& operator()(std::size_t b, std::size_t i, std::size_t d) const {
+      return p[static_cast<std::ptrdiff_t>(b) * s0 + static_cast<std::ptrdiff_t>(i) * s1 + static_cast<std::ptrdiff_t>(d) * s2];
+    }
+  };
+  template <class T>
+  static Mat<T> mat(const detail::View<T, 3>& v) { return {v.data, v.strides[0], v.strides[1], v.strides[2]}; }
+  template <class T>
+  static Mat<const T> cmat(const detail::View<T, 3>& v) { return {v.data, v.strides[0], v.strides[1], v.strides[2]}; }
+  template <class T>
+  struct Rows {
+    Ctx<T> c;
+    Mat<const T> q, k, v;
+    const T* lse;
+    /// The masked, scaled score of query i and key j in head h of batch b.
+    LOOM_HOST_DEVICE T score(std::size_t b, std::size_t h, std::size_t i, std::size_t j) const {
+      T acc = 0;
+      for (std::size_t d = h * c.dh; d < (h + 1) * c.dh; ++d) acc += q(b, i, d) * k(b, j, d);
+      return acc * c.scale;
+    }
+    /// dO_i . v_j over the head's features (dP before the dropout multiplier).
+    template <class G>
+    LOOM_HOST_DEVICE T dprob(const G& g, std::size_t b, std::size_t h, std::size_t i, std::size_t j) const {
+      T acc = 0;
+      for (std::size_t d = h * c.dh; d < (h + 1) * c.dh; ++d) acc += g(b, i, d) * v(b, j, d);
+      return acc;
+    }
+  };
+  template <class T>
+  struct ForwardRow {
+    Rows<T> r;
+    Mat<T> out;
+    T* lse;
+    LOOM_HOST_DEVICE void operator()(std::size_t t) const {
+      const auto& c = r.c;
+      const std::size_t bh = t / c.Tq, i = t % c.Tq, b = bh / Heads, h = bh % Heads;
+      const std::size_t vis = c.visible(c.kv_end(b), i);
+      T m = -std::numeric_limits<T>::infinity(), l = 0;
+      for (std::size_t j = 0; j < vis; ++j) {  // online max and sum
+        const T s = r.score(b, h, i, j);
+        if (s > m) l = l * std::exp(m - s) + T(1), m = s;
+        else l += std::exp(s - m);
+      }
+      const T row_lse = l > T(0) ? m + std::log(l) : std::numeric_limits<T>::infinity();
+      lse[t] = row_lse;
+      for (std::size_t d = h * c.dh; d < (h + 1) * c.dh; ++d) out(b, i, d) = T(0);
+      for (std::size_t j = 0; j < vis; ++j) {
+        const T p = std::exp(r.score(b, h, i, j) - row_lse) * c.drop(bh, i, j);
+        for (std::size_t d = h * c.dh; d < (h + 1) * c.dh; ++d) out(b, i, d) += p * r.v(b, j, d);
+      }
+    }
+  };
+  template <class T>
+  struct RowDot {  // rowsum(dO o O) of every query row
+    Ctx<T> c;
+    Mat<const T> g, out;
+    T* dot;
+    LOOM_HOST_DEVICE void operator()(std::size_t t) const {
+      const std::size_t bh = t / c.Tq, i = t % c.Tq, b = bh / Heads, h = bh % Heads;
+      T acc = 0;
+      for (std::size_t d = h * c.dh; d < (h + 1) * c.dh; ++d) acc += g(b, i, d) * out(b, i, d);
+      dot[t] = acc;
+    }
+  };
+  template <class T>
+  struct QueryGrad {  // dQ_i += scale * sum_j dS_ij k_j
+    Rows<T> r;
+    Mat<const T> g;
+    const T* dot;
+    Mat<T> dq;
+    LOOM_HOST_DEVICE void operator()(std::size_t t) const {
+      const auto& c = r.c;
+      const std::size_t bh = t / c.Tq, i = t % c.Tq, b = bh / Heads, h = bh % Heads;
+      const std::size_t vis = c.visible(c.kv_end(b), i);
+      for (std::size_t j = 0; j < vis; ++j) {
+        const T P = std::exp(r.score(b, h, i, j) - r.lse[t]);
+        const T dS = P * (r.dprob(g, b, h, i, j) * c.drop(bh, i, j) - dot[t]) * c.scale;
+        for (std::size_t d = h * c.dh; d < (h + 1) * c.dh; ++d) dq(b, i, d) += dS * r.k(b, j, d);
+      }
+    }
+  };
+  template <class T>
+  struct KeyValueGrad {  // dK_j += scale * sum_i dS_ij q_i;  dV_j += sum_i P~_ij dO_i
+    Rows<T> r;
+    Mat<const T> g;
+    const T* dot;
+    Mat<T> dk, dv;
+    LOOM_HOST_DEVICE void operator()(std::size_t t) const {
+      const auto& c = r.c;
+      const std::size_t bh = t / c.Tk, j = t % c.Tk, b = bh / Heads, h = bh % Heads;
+      const std::size_t end = c.kv_end(b);
+      if (j >= end) return;  // padding keys take no gradient
+      for (std::size_t i = 0; i < c.Tq; ++i) {
+        if (j >= c.visible(end, i)) continue;
+        const std::size_t row = bh * c.Tq + i;
+        const T P = std::exp(r.score(b, h, i, j) - r.lse[row]), M = c.drop(bh, i, j);
+        if (dv.p)
+          for (std::size_t d = h * c.dh; d < (h + 1) * c.dh; ++d) dv(b, j, d) += P * M * g(b, i, d);
+        if (dk.p) {
+          const T dS = P * (r.dprob(g, b, h, i, j) * M - dot[row]) * c.scale;
+          for (std::size_t d = h * c.dh; d < (h + 1) * c.dh; ++d) dk(b, j, d) += dS * r.q(b, i, d);
+        }
+      }
+    }
+  };
+  struct BadLength {
+    const std::int64_t* len;
+    std::ptrdiff_t stride;
+    std::size_t Tk;
+    LOOM_HOST_DEVICE std::size_t operator()(std::size_t b) const {
+      const std::int64_t n = len[static_cast<std::ptrdiff_t>(b) * stride];
+      return n < 0 || static_cast<std::size_t>(n) > Tk ? 1 : 0;
+    }
+  };
+  /// The context of a device call: key lengths are checked on the device, and reported as the host does.
+  template <class Dev, class T, class... L>
+  Ctx<T> device_context(const detail::View<T, 3>& q, const detail::View<T, 3>& k, bool new_salt, const L&... len) const {
+    const Ctx<T> c = context(q, k, new_salt, false, len...);
+    if (c.len && backend::device::sum_n<std::size_t>(c.B, BadLength{c.len, c.len_stride, c.Tk}) != 0) {
+      std::vector<std::int64_t> host(c.B);
+      for (std::size_t b = 0; b < c.B; ++b)
+        detail::DeviceMemory<Dev>::to_host(&host[b], c.len + static_cast<std::ptrdiff_t>(b) * c.len_stride, 1);
+      Ctx<T> h = c;
+      h.len = host.data(), h.len_stride = 1;
+      h.check();
+    }
+    return c;
+  }
+  template <class Dev, class T, class... L>
+    requires(!HostDevice<Dev>)
+  void forward(on<Dev>, const detail::View<T, 3>& out, const detail::View<T, 3>& q, const detail::View<T, 3>& k,
+               const detail::View<T, 3>& v, const L&... rest) const {
+    T* lse = std::get<sizeof...(L) - 1>(std::tie(rest...));
+    const auto c = [&] {
+      if constexpr (sizeof...(L) == 2) return device_context<Dev>(q, k, true, std::get<0>(std::tie(rest...)));
+      else return device_context<Dev>(q, k, true);
+    }();
+    const Rows<T> r{c, cmat(q), cmat(k), cmat(v), lse};
+    backend::device::for_n(c.B * Heads * c.Tq, ForwardRow<T>{r, mat(out), lse});
+  }
+  template <class Dev, class T, class... L>
+    requires(!HostDevice<Dev>)
+  void backward(on<Dev>, const detail::View<T, 3>& g, const detail::View<T, 3>& out,
+                const std::pair<detail::View<T, 3>, detail::View<T, 3>>& q,
+                const std::pair<detail::View<T, 3>, detail::View<T, 3>>& k,
+                const std::pair<detail::View<T, 3>, detail::View<T, 3>>& v, const L&... rest) const {
+    T* scratch = std::get<sizeof...(L) - 1>(std::tie(rest...));
+    const auto c = [&] {
+      if constexpr (sizeof...(L) == 2) return context(q.first, k.first, false, false, std::get<0>(std::tie(rest...)).first);
+      else return context(q.first, k.first, false, false);
+    }();
+    const std::size_t rows = c.B * Heads * c.Tq;
+    T* dot = scratch + rows;
+    const Rows<T> r{c, cmat(q.first), cmat(k.first), cmat(v.first), scratch};
+    const auto gm = cmat(g);
+    backend::device::for_n(rows, RowDot<T>{c, gm, cmat(out), dot});
+    if (q.second.data) backend::device::for_n(rows, QueryGrad<T>{r, gm, dot, mat(q.second)});
+    if (k.second.data || v.second.data)
+      backend::device::for_n(c.B * Heads * c.Tk, KeyValueGrad<T>{r, gm, dot, mat(k.second), mat(v.second)});
   }
 };
 

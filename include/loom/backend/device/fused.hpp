@@ -8,6 +8,7 @@
 #include <thrust/iterator/counting_iterator.h>
 
 #include <cuda/atomic>
+#include <algorithm>
 #include <limits>
 
 #include "../../expr/expr.hpp"
@@ -299,6 +300,39 @@ V sum_n(std::size_t n, const F& f) {
   V v{};
   loom::detail::DeviceMemory<loom::cuda>::to_host(&v, dst.get(), 1);
   return v;
+}
+
+/// Partial sums of segment t / parts (every parts-th term from t % parts, so adjacent threads read
+/// adjacent terms), then each segment's partials added in order: deterministic, no atomics.
+template <class F>
+struct SegmentPartial {
+  F f;
+  std::size_t len, parts;
+  double* out;
+  LOOM_HOST_DEVICE void operator()(std::size_t t) const {
+    const std::size_t s = t / parts;
+    double acc = 0;
+    for (std::size_t i = t % parts; i < len; i += parts) acc += static_cast<double>(f(s, i));
+    out[t] = acc;
+  }
+};
+struct SegmentTotal {
+  const double* part;
+  std::size_t parts;
+  double* out;
+  LOOM_HOST_DEVICE void operator()(std::size_t s) const {
+    double acc = 0;
+    for (std::size_t p = 0; p < parts; ++p) acc += part[s * parts + p];
+    out[s] = acc;
+  }
+};
+template <class F>
+void segment_sums(std::size_t segs, std::size_t len, const F& f, double* dst) {
+  if (segs == 0) return;
+  const std::size_t parts = std::clamp<std::size_t>(len / 64, 1, 256);
+  auto tmp = loom::detail::DeviceMemory<loom::cuda>::allocate<double>(segs * parts);  // from the cache
+  launch(segs * parts, SegmentPartial<F>{f, len, parts, tmp.get()});
+  launch(segs, SegmentTotal{tmp.get(), parts, dst});
 }
 
 }  // namespace loom::backend::device
