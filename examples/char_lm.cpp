@@ -2,7 +2,9 @@
 // progress bar, reports validation loss and perplexity per epoch against a unigram baseline, saves a
 // checkpoint, and samples text from a prompt. --model lstm: an embedding, an LSTM carried across
 // batches (truncated BPTT), a linear head. --model transformer: a decoder-only Transformer LM that
-// generates through a KV cache.
+// generates through a KV cache. --device cuda keeps parameters, activations, optimizer state and the
+// KV cache in device memory (char_lm_cuda is the nvcc build; this g++ build runs the device code on
+// Thrust's OMP system when it links loom::device_host).
 #include <CLI/CLI.hpp>
 #include <loom/data/data.hpp>
 #include <loom/loom.hpp>
@@ -23,6 +25,7 @@ constexpr std::size_t V = 128;  // vocabulary capacity (the fortunes corpus uses
 
 struct Options {
   std::string model = "lstm", data_dir = data::Fortunes::default_dir, checkpoint = "char_lm.safetensors";
+  std::string device = "cpu";
   std::string prompt = "The ";
   int epochs = 2, threads = 0, sample_len = 300;
   std::size_t batch = 32, bptt = 64, top_k = 0;
@@ -30,12 +33,13 @@ struct Options {
   std::uint64_t seed = 0;
 };
 
-/// Embedding -> LSTM -> Linear, the LSTM's state carried between batches.
+/// Embedding -> LSTM -> Linear, the LSTM's state carried between batches; parameters on device D.
+template <class D = cpu>
 struct CharLSTM {
   static constexpr std::size_t E = 64, H = 256;
-  nn::Embedding<V, E> embed;
-  nn::LSTM<E, H> lstm;
-  nn::Linear<H, V> head;
+  nn::Embedding<V, E, float, D> embed;
+  nn::LSTM<E, H, 1, false, float, D> lstm;
+  nn::Linear<H, V, true, float, D> head;
   static constexpr std::size_t num_params = decltype(embed)::num_params + decltype(lstm)::num_params + decltype(head)::num_params;
   explicit CharLSTM(Generator& g) : embed(g), lstm(g), head(g) {}
   template <class F>
@@ -59,10 +63,10 @@ double unigram_loss(const data::Corpus& c) {
 /// What the two models share: the epoch loop with its progress bar, validation, checkpoints and sampling.
 /// `step(x, y, training)` runs one batch (x, y: [T, B] windows) and returns its mean loss; `reset()`
 /// starts a stream; `next(token)` feeds one token of a sample and returns the logits of the next.
-template <class Net, class Step, class Reset, class Next>
-int train_and_sample(const Options& o, const data::Corpus& corpus, Net& net, std::vector<nn::ParamRef<float>>& params,
+template <class Net, class D, class Step, class Reset, class Next>
+int train_and_sample(const Options& o, const data::Corpus& corpus, Net& net, std::vector<nn::ParamRef<float, D>>& params,
                      Step step, Reset reset, Next next) {
-  optim::Adam<float> opt(params, {.lr = o.lr});
+  optim::Adam<float, D> opt(params, {.lr = o.lr});
   const auto train = data::batchify(corpus.train, o.batch), valid = data::batchify(corpus.valid, o.batch);
   auto run_epoch = [&](const data::Tokens& d, bool training, int epoch, const Clock::time_point t0) {
     reset(o.batch);
@@ -112,89 +116,110 @@ int train_and_sample(const Options& o, const data::Corpus& corpus, Net& net, std
   return 0;
 }
 
+/// A host batch on device D (the host tensor itself on the CPU).
+template <class D, class T>
+auto on_device(const T& t) {
+  if constexpr (HostDevice<D>) return t;
+  else return t.template to<D>();
+}
+
+/// A program's output as host memory: itself on the CPU, else copied into `keep`.
+template <class T, class S, class D>
+const T* host_data(const Tensor<T, S, D>& t, Tensor<T, S>& keep) {
+  if constexpr (HostDevice<D>) return t.data();
+  else return (keep = t.template to<cpu>()).data();
+}
+
+template <class D>
 int run_lstm(const Options& o, const data::Corpus& corpus) {
+  using Net = CharLSTM<D>;
   Generator gen(o.seed);
-  CharLSTM net(gen);
-  std::printf("model lstm: %zu parameters (embedding %zu x %zu, LSTM %zu, head %zu)\n", CharLSTM::num_params, V,
-              CharLSTM::E, CharLSTM::H, V);
-  constexpr std::size_t S = 2 * CharLSTM::H;
-  auto x = input<std::int64_t, Shape<dyn, dyn>>();  // [T, B]
-  auto y = input<std::int64_t, Shape<dyn, dyn>>();
-  auto h0 = input<float, Shape<1, dyn, S>>();
+  Net net(gen);
+  std::printf("model lstm: %zu parameters (embedding %zu x %zu, LSTM %zu, head %zu)\n", Net::num_params, V, Net::E,
+              Net::H, V);
+  constexpr std::size_t S = 2 * Net::H;
+  auto x = input<std::int64_t, Shape<dyn, dyn>, D>();  // [T, B]
+  auto y = input<std::int64_t, Shape<dyn, dyn>, D>();
+  auto h0 = input<float, Shape<1, dyn, S>, D>();
   auto r = net.lstm(net.embed(x), h0);
-  auto logits = net.head(reshape<Shape<dyn, CharLSTM::H>>(r.out));  // [T * B, V]
-  Tensor<float, DynShape<3>> state_out;  // the final state, written by the forward pass
+  auto logits = net.head(reshape<Shape<dyn, Net::H>>(r.out));  // [T * B, V]
+  Tensor<float, DynShape<3>, D> state_out;  // the final state, written by the forward pass
   auto step = compile(nn::cross_entropy(logits, reshape<Shape<dyn>>(y)) + export_to(r.state, state_out));
   auto next_logits = compile(logits + export_to(r.state, state_out) * 0.0f);  // generation: T = 1, B = 1
-  auto params = nn::parameters(net);
-  Tensor<float, Shape<1, dyn, S>> state;
+  auto params = nn::parameters<float, D>(net);
+  Tensor<float, Shape<1, dyn, S>, D> state;
+  Tensor<float, Shape<dyn, V>> host_logits;
   data::Tokens tok({1, 1});
+  auto carry = [&] { detail::DeviceMemory<D>::copy(state.data(), state_out.data(), state.size()); };  // detached
   return train_and_sample(
       o, corpus, net, params,
       [&](const data::Tokens& xb, const data::Tokens& yb, bool training) {
-        const double l = step.forward(xb, yb, state).item();
-        std::copy_n(state_out.data(), state.size(), state.data());  // carried, detached (an input)
+        const double l = step.forward(on_device<D>(xb), on_device<D>(yb), state).item();
+        carry();
         if (training) step.backward();
         return l;
       },
       [&](std::size_t batch) {
-        state = Tensor<float, Shape<1, dyn, S>>({1, batch, S});
+        state = Tensor<float, Shape<1, dyn, S>, D>({1, batch, S});
         state.fill(0.0f);
       },
       [&](std::int64_t token) {
         tok(0, 0) = token;
-        const float* lg = next_logits.forward(tok, state).data();
-        std::copy_n(state_out.data(), state.size(), state.data());
-        return lg;
+        const auto out = next_logits.forward(on_device<D>(tok), state);
+        carry();
+        return host_data(out, host_logits);
       });
 }
 
 /// Decoder-only Transformer: 2 pre-norm layers of width 128 with 4 heads, 128 positions, dropout 0.1.
 using CharTransformer = nn::TransformerLM<V, 128, 4, 2, 128, 512, 100>;
 
+template <class D>
 int run_transformer(const Options& o, const data::Corpus& corpus) {
-  if (o.bptt > CharTransformer::max_len)
+  using Net = CharTransformer::on_device<D>;
+  if (o.bptt > Net::max_len)
     throw shape_error("char_lm: --bptt " + std::to_string(o.bptt) + " is longer than the positional table (" +
-                      std::to_string(CharTransformer::max_len) + ")");
+                      std::to_string(Net::max_len) + ")");
   Generator gen(o.seed);
-  CharTransformer net(gen);
-  std::printf("model transformer: %zu parameters (%zu layer(s), width %zu, 4 heads, %zu positions)\n",
-              CharTransformer::num_params, CharTransformer::num_layers, CharTransformer::dim, CharTransformer::max_len);
-  auto x = input<std::int64_t, Shape<dyn, dyn>>();  // [B, T]: the [T, B] windows, transposed (a view)
-  auto y = input<std::int64_t, Shape<dyn, dyn>>();
-  auto pos = input<std::int64_t, Shape<dyn>>();
+  Net net(gen);
+  std::printf("model transformer: %zu parameters (%zu layer(s), width %zu, 4 heads, %zu positions)\n", Net::num_params,
+              Net::num_layers, Net::dim, Net::max_len);
+  auto x = input<std::int64_t, Shape<dyn, dyn>, D>();  // [B, T]: the [T, B] windows, transposed (a view)
+  auto y = input<std::int64_t, Shape<dyn, dyn>, D>();
+  auto pos = input<std::int64_t, Shape<dyn>, D>();
   auto logits = net(x, pos);  // [B, T, V]
   auto step = compile(nn::cross_entropy(reshape<Shape<dyn, V>>(logits), reshape<Shape<dyn>>(y)));
   auto cache = net.make_cache(1);
-  auto lengths = input<std::int64_t, Shape<dyn>>();
+  auto lengths = input<std::int64_t, Shape<dyn>, D>();
   auto decode = compile(net.decode(x, pos, lengths, cache));  // one token at a time against the KV cache
-  auto params = nn::parameters(net);
+  auto params = nn::parameters<float, D>(net);
   data::Tokens tok({1, 1});
   Tensor<std::int64_t, Shape<dyn>> len({1});
+  Tensor<float, Shape<dyn, dyn, V>> host_logits;
   // positions 0 .. max_len - 1, built once; each step binds a view of them (no allocation per step)
-  const auto all_positions = CharTransformer::positions(CharTransformer::max_len);
+  const auto all_positions = on_device<D>(Net::positions(Net::max_len));
   auto positions = [&](std::size_t n, std::size_t start) {
-    return Tensor<std::int64_t, Shape<dyn>>::wrap(all_positions.data() + start, {n});
+    return Tensor<std::int64_t, Shape<dyn>, D>::wrap(all_positions.data() + start, {n});
   };
   return train_and_sample(
       o, corpus, net, params,
       [&](const data::Tokens& xb, const data::Tokens& yb, bool training) {
         net.set_training(training);
         const auto T = xb.dims()[0];
-        const double l = step.forward(xb.transpose(), yb.transpose(), positions(T, 0)).item();
+        const double l = step.forward(on_device<D>(xb.transpose()), on_device<D>(yb.transpose()), positions(T, 0)).item();
         if (training) step.backward();
         return l;
       },
       [&](std::size_t) { cache.reset(); },
       [&](std::int64_t token) {
-        if (cache.pos == CharTransformer::max_len) {  // the window is full: restart it from this token
+        if (cache.pos == Net::max_len) {  // the window is full: restart it from this token
           cache.reset();
         }
         tok(0, 0) = token;
         len(0) = std::int64_t(cache.pos + 1);
-        const float* lg = decode.forward(tok, positions(1, cache.pos), len).data();
+        const auto out = decode.forward(on_device<D>(tok), positions(1, cache.pos), on_device<D>(len));
         ++cache.pos;
-        return lg;
+        return host_data(out, host_logits);
       });
 }
 
@@ -215,6 +240,7 @@ int main(int argc, char** argv) {
   app.add_option("--sample-len", o.sample_len, "characters to generate");
   app.add_option("--temperature", o.temperature, "sampling temperature (0: greedy)");
   app.add_option("--top-k", o.top_k, "sample among the k most likely characters (0: all)");
+  app.add_option("--device", o.device, "cpu | cuda")->check(CLI::IsMember({"cpu", "cuda"}));
   CLI11_PARSE(app, argc, argv);
 #ifdef _OPENMP
   if (o.threads > 0) omp_set_num_threads(o.threads);
@@ -225,7 +251,15 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "char_lm: the corpus has %zu distinct characters; the model holds %zu\n", corpus.vocab.size(), V);
       return 1;
     }
-    return o.model == "transformer" ? run_transformer(o, corpus) : run_lstm(o, corpus);
+    if (o.device == "cuda") {
+#if defined(__CUDACC__) || defined(LOOM_ENABLE_DEVICE)
+      std::printf("device: loom::cuda on the %s system\n", device::system_name());
+      return o.model == "transformer" ? run_transformer<loom::cuda>(o, corpus) : run_lstm<loom::cuda>(o, corpus);
+#else
+      throw std::invalid_argument("--device cuda: this binary was built without the device backend (build char_lm_cuda)");
+#endif
+    }
+    return o.model == "transformer" ? run_transformer<cpu>(o, corpus) : run_lstm<cpu>(o, corpus);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "char_lm: %s\n", e.what());
     return 1;

@@ -1,19 +1,30 @@
 // expect: this op has no kernel for loom::cuda yet
 // flags: -DLOOM_ENABLE_DEVICE
-// A program over loom::cuda tensors that uses an op without a device kernel (the recurrent scan, today) is
-// rejected when it is compiled, naming the reason; the same program with device ops builds.
+// A program over loom::cuda tensors that uses a kernel op with only a host kernel (a user's op written
+// for the CPU) is rejected when it is compiled, naming the reason; over loom::cpu tensors it builds.
 #include <loom/loom.hpp>
+
+struct HostOnlyTwice {  // y = 2x, a host loop only
+  static constexpr loom::Kind kind = loom::Kind::kernel;
+  static constexpr bool differentiable = false;
+  static constexpr std::string_view name = "host_only_twice";
+  template <class X>
+  using shape = X;
+  template <std::size_t R>
+  loom::Dims<R> dims(const loom::Dims<R>& x) const { return x; }
+  template <class T, std::size_t R>
+  void forward(const loom::detail::View<T, R>& out, const loom::detail::View<T, R>& x) const {
+    loom::detail::for_each_offset(x, [&](std::size_t k, std::ptrdiff_t off) { out.data[k] = 2 * x.data[off]; });
+  }
+};
+
 int main() {
-  using gpu = loom::cuda;
-  loom::Param<float, loom::Shape<5, 2, 3>, gpu> x;  // [T, B, I]
-  loom::Param<float, loom::Shape<2, 4>, gpu> h0;
-  loom::Param<float, loom::Shape<4, 3>, gpu> w_ih;
-  loom::Param<float, loom::Shape<4, 4>, gpu> w_hh;
-  loom::Param<float, loom::Shape<4>, gpu> b_ih, b_hh;
 #ifdef LOOM_OK
-  auto p = loom::compile(loom::sum(loom::tanh(loom::matmul(x, loom::transpose(w_ih)) + b_ih)));
+  using D = loom::cpu;
 #else
-  auto p = loom::compile(loom::sum(loom::scan<loom::cells::RNN<false>>(x, h0, w_ih, w_hh, b_ih, b_hh)));
+  using D = loom::cuda;
 #endif
+  loom::Param<float, loom::Shape<4, 8>, D> x;
+  auto p = loom::compile(loom::sum(loom::make_node(HostOnlyTwice{}, x)));
   p.forward();
 }

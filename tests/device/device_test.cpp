@@ -512,6 +512,91 @@ TEST_CASE("device: a Transformer language model trains as on the host") {
   CHECK(last < first);
 }
 
+namespace {
+/// scan<Cell> over the same x, h0 and weights on both devices (x also as a strided view).
+template <class Cell>
+void scan_both(const Twin<Shape<5, 2, 3>>& x, const Twin<Shape<2, 5, 3>>& xb) {
+  constexpr std::size_t H = 4, G = Cell::gates, S = Cell::state * H;
+  auto h0 = twin<Shape<2, S>>(81);
+  auto wih = twin<Shape<G * H, 3>>(82);
+  auto whh = twin<Shape<G * H, H>>(83);
+  auto bih = twin<Shape<G * H>>(84), bhh = twin<Shape<G * H>>(85);
+  same_on_both([](const auto& a, const auto& h, const auto& wi, const auto& wh, const auto& bi, const auto& bh) {
+    return scan<Cell>(a, h, wi, wh, bi, bh);
+  }, 1e-5, x, h0, wih, whh, bih, bhh);
+  same_on_both([](const auto& a, const auto& h, const auto& wi, const auto& wh, const auto& bi, const auto& bh) {
+    return scan<Cell>(permute<1, 0, 2>(a), h * 0.5f, wi, wh, bi, bh);
+  }, 1e-5, xb, h0, wih, whh, bih, bhh);
+}
+}  // namespace
+
+TEST_CASE("device: recurrent scans (RNN, LSTM, GRU kernels; a cell written as an expression) match the host") {
+  auto x = twin<Shape<5, 2, 3>>(80);
+  auto xb = twin<Shape<2, 5, 3>>(87);
+  SUBCASE("rnn tanh") { scan_both<cells::RNN<false>>(x, xb); }
+  SUBCASE("rnn relu") { scan_both<cells::RNN<true>>(x, xb); }
+  SUBCASE("lstm") { scan_both<cells::LSTM>(x, xb); }
+  SUBCASE("gru") { scan_both<cells::GRU>(x, xb); }
+  SUBCASE("an expression cell (GRUCell::scan): sub-programs on the device") {
+    Generator g1(5), g2(5);
+    nn::GRUCell<3, 4> ch(g1);
+    nn::GRUCell<3, 4>::on_device<gpu> cd(g2);
+    auto h0 = twin<Shape<2, 4>>(86);
+    same_on_both([&](const auto& a, const auto& h) {
+      if constexpr (std::is_same_v<device_t<std::remove_cvref_t<decltype(a)>>, gpu>) return cd.scan(a, h);
+      else return ch.scan(a, h);
+    }, 1e-5, x, h0);
+    check_close(ch.weight_hh.grad(), cd.weight_hh.grad(), 1e-5);
+    check_close(ch.bias_ih.grad(), cd.bias_ih.grad(), 1e-5);
+  }
+  SUBCASE("a two-layer LSTM module: outputs, final states and weight gradients") {
+    Generator g1(6), g2(6);
+    nn::LSTM<3, 4, 2> mh(g1);
+    nn::LSTM<3, 4, 2>::on_device<gpu> md(g2);
+    auto h0 = twin<Shape<2, 2, 8>>(88);
+    auto rh = mh(x.h, h0.h);
+    auto rd = md(x.d, h0.d);
+    auto ph = compile(sum(rh.out * rh.out) + sum(rh.state));
+    auto pd = compile(sum(rd.out * rd.out) + sum(rd.state));
+    CHECK(pd.forward().item() == doctest::Approx(ph.forward().item()).epsilon(1e-5));
+    ph.backward(), pd.backward();
+    check_close(mh.first.weight_ih.grad(), md.first.weight_ih.grad(), 1e-5);
+    check_close(mh.rest[0].weight_hh.grad(), md.rest[0].weight_hh.grad(), 1e-5);
+    check_close(h0.h.grad(), h0.d.grad(), 1e-5);
+  }
+}
+
+TEST_CASE("device: KV-cached decoding on the device gives the full forward's logits; export_to a device tensor") {
+  constexpr std::size_t V = 11, B = 2, T = 6;
+  using LM = nn::TransformerLM<V, 8, 2, 2, 8>::on_device<gpu>;
+  Generator g(3);
+  LM lm(g);
+  Tensor<std::int64_t, Shape<dyn, dyn>> seq({B, T});
+  for (std::size_t i = 0; i < B * T; ++i) seq(i / T, i % T) = std::int64_t((5 * i + 2) % V);
+  auto tokens = input<std::int64_t, Shape<dyn, dyn>, gpu>();
+  auto positions = input<std::int64_t, Shape<dyn>, gpu>();
+  Tensor<float, DynShape<3>, gpu> exported;
+  auto full = compile(lm(tokens, positions) + export_to(lm(tokens, positions), exported) * 0.0f);
+  const auto want = full.forward(seq.to<gpu>(), LM::positions(T).to<gpu>()).to<cpu>();
+  check_close(want, exported, 1e-6);
+  auto cache = lm.make_cache(B);
+  auto lengths = input<std::int64_t, Shape<dyn>, gpu>();
+  auto step = compile(lm.decode(tokens, positions, lengths, cache));
+  for (std::size_t from = 0; from < T; from += (from == 0 ? 3 : 1)) {  // a 3-token prompt, then one at a time
+    const std::size_t n = from == 0 ? 3 : 1;
+    Tensor<std::int64_t, Shape<dyn, dyn>> x({B, n});
+    Tensor<std::int64_t, Shape<dyn>> len({B});
+    for (std::size_t i = 0; i < B * n; ++i) x(i / n, i % n) = seq(i / n, from + i % n);
+    len.fill(std::int64_t(from + n));
+    const auto out = step.forward(x.to<gpu>(), LM::positions(n, from).to<gpu>(), len.to<gpu>()).to<cpu>();
+    cache.pos += n;
+    for (std::size_t i = 0; i < B * n * V; ++i) {
+      const std::size_t b = i / (n * V), t = i / V % n, v = i % V;
+      CHECK(out(b, t, v) == doctest::Approx(want(b, from + t, v)).epsilon(1e-4));
+    }
+  }
+}
+
 TEST_CASE("device: clip_grad_norm and checkpoints of a device model") {
   Generator g1(4), g2(4);
   Net h(g1);

@@ -46,5 +46,15 @@ template <class F>
 void segment_sums(std::size_t segs, std::size_t len, const F& f, double* dst);
 }  // namespace device
 
+/// f(i) for every i in [0, n) on device D: a loop on the host, one kernel on a device (code that is
+/// written once for both: optimizer updates, the recurrent scans).
+template <class D, class F>
+void each(std::size_t n, const F& f) {
+  if constexpr (HostDevice<D>)
+    for (std::size_t i = 0; i < n; ++i) f(i);
+  else
+    device::for_n(n, f);
+}
+
 }  // namespace backend
 }  // namespace loom

@@ -112,12 +112,13 @@ class Tensor {
 
   /// Static shapes allocate (zero-filled); shapes with `dyn` start empty (extent 0).
   Tensor() : Tensor(S::dims_or(0)) {}
-  explicit Tensor(const dims_type& dims) : dims_(dims), strides_(contiguous_strides(dims)) {
+  explicit Tensor(const dims_type& dims) : Tensor(uninitialized(dims)) { Mem::fill(data_, numel(dims), T{}); }
+  /// Allocated but not initialized: for code that writes every element next (copies, transfers).
+  static Tensor uninitialized(const dims_type& dims) {
     check_dims<S>(dims, "loom::Tensor");
     auto storage = Mem::template allocate<T>(numel(dims));
-    data_ = storage.get();
-    owner_ = std::move(storage);
-    Mem::fill(data_, numel(dims), T{});
+    T* p = storage.get();
+    return wrap(p, dims, contiguous_strides(dims), std::move(storage));
   }
   /// A tensor with the given extents holding a copy of `values` (row-major).
   Tensor(const dims_type& dims, std::initializer_list<T> values) : Tensor(dims) {
@@ -218,7 +219,7 @@ class Tensor {
   }
   /// A contiguous copy with its own storage.
   Tensor clone() const {
-    Tensor t(dims_);
+    Tensor t = uninitialized(dims_);
     t.assign(*this);
     return t;
   }
@@ -231,7 +232,7 @@ class Tensor {
       return clone();
     } else {
       const Tensor src = contiguous();
-      Tensor<T, S, D2> dst(dims_);
+      auto dst = Tensor<T, S, D2>::uninitialized(dims_);
       if constexpr (HostDevice<D>) detail::DeviceMemory<D2>::from_host(dst.data(), src.data(), size());
       else Mem::to_host(dst.data(), src.data(), size());
       return dst;

@@ -29,17 +29,17 @@ struct RecurrentOutput {
 
 /// One layer's (or one cell's) weights in PyTorch's layout: weight_ih [G*H, In], weight_hh [G*H, H],
 /// bias_ih, bias_hh [G*H], all ~ U(-1/sqrt(H), 1/sqrt(H)).
-template <std::size_t G, std::size_t In, std::size_t H, class T>
+template <std::size_t G, std::size_t In, std::size_t H, class T, class D = cpu>
 struct CellParams {
-  Param<T, Shape<G * H, In>> weight_ih;
-  Param<T, Shape<G * H, H>> weight_hh;
-  Param<T, Shape<G * H>> bias_ih, bias_hh;
+  Param<T, Shape<G * H, In>, D> weight_ih;
+  Param<T, Shape<G * H, H>, D> weight_hh;
+  Param<T, Shape<G * H>, D> bias_ih, bias_hh;
   void init(Generator& g) {
     const double k = 1.0 / std::sqrt(double(H));
-    weight_ih.value().assign(uniform<T, Shape<G * H, In>>(g, -k, k));
-    weight_hh.value().assign(uniform<T, Shape<G * H, H>>(g, -k, k));
-    bias_ih.value().assign(uniform<T, Shape<G * H>>(g, -k, k));
-    bias_hh.value().assign(uniform<T, Shape<G * H>>(g, -k, k));
+    weight_ih.value().assign(uniform<T, Shape<G * H, In>, D>(g, -k, k));
+    weight_hh.value().assign(uniform<T, Shape<G * H, H>, D>(g, -k, k));
+    bias_ih.value().assign(uniform<T, Shape<G * H>, D>(g, -k, k));
+    bias_hh.value().assign(uniform<T, Shape<G * H>, D>(g, -k, k));
   }
   /// Names as PyTorch: prefix + "weight_ih" + suffix ("_l0" in a multi-layer module, "" in a cell).
   template <class F>
@@ -51,7 +51,8 @@ struct CellParams {
   }
 };
 
-template <class Cell, std::size_t I, std::size_t H, std::size_t Layers = 1, bool BatchFirst = false, class T = float>
+template <class Cell, std::size_t I, std::size_t H, std::size_t Layers = 1, bool BatchFirst = false, class T = float,
+          class D = cpu>
 struct Recurrent {
   static_assert(Layers >= 1, "loom::nn: a recurrent module needs at least one layer");
   static constexpr std::size_t G = Cell::gates, S = Cell::state * H;
@@ -59,9 +60,11 @@ struct Recurrent {
   static constexpr bool batch_first = BatchFirst;
   static constexpr std::size_t num_params = G * H * (I + H + 2) + (Layers - 1) * G * H * (2 * H + 2);
   static constexpr std::string_view name = Cell::name;
+  template <class D2>
+  using on_device = Recurrent<Cell, I, H, Layers, BatchFirst, T, D2>;
 
   template <std::size_t In>
-  using Layer = CellParams<G, In, H, T>;
+  using Layer = CellParams<G, In, H, T, D>;
   Layer<I> first;
   std::array<Layer<H>, Layers - 1> rest;
 
@@ -109,14 +112,14 @@ struct Recurrent {
   }
 };
 
-template <std::size_t I, std::size_t H, std::size_t Layers = 1, bool BatchFirst = false, class T = float>
-using RNN = Recurrent<cells::RNN<false>, I, H, Layers, BatchFirst, T>;
-template <std::size_t I, std::size_t H, std::size_t Layers = 1, bool BatchFirst = false, class T = float>
-using RNNReLU = Recurrent<cells::RNN<true>, I, H, Layers, BatchFirst, T>;
-template <std::size_t I, std::size_t H, std::size_t Layers = 1, bool BatchFirst = false, class T = float>
-using LSTM = Recurrent<cells::LSTM, I, H, Layers, BatchFirst, T>;
-template <std::size_t I, std::size_t H, std::size_t Layers = 1, bool BatchFirst = false, class T = float>
-using GRU = Recurrent<cells::GRU, I, H, Layers, BatchFirst, T>;
+template <std::size_t I, std::size_t H, std::size_t Layers = 1, bool BatchFirst = false, class T = float, class D = cpu>
+using RNN = Recurrent<cells::RNN<false>, I, H, Layers, BatchFirst, T, D>;
+template <std::size_t I, std::size_t H, std::size_t Layers = 1, bool BatchFirst = false, class T = float, class D = cpu>
+using RNNReLU = Recurrent<cells::RNN<true>, I, H, Layers, BatchFirst, T, D>;
+template <std::size_t I, std::size_t H, std::size_t Layers = 1, bool BatchFirst = false, class T = float, class D = cpu>
+using LSTM = Recurrent<cells::LSTM, I, H, Layers, BatchFirst, T, D>;
+template <std::size_t I, std::size_t H, std::size_t Layers = 1, bool BatchFirst = false, class T = float, class D = cpu>
+using GRU = Recurrent<cells::GRU, I, H, Layers, BatchFirst, T, D>;
 
 
 /// One step of a recurrent cell as an expression, with PyTorch's RNNCell / LSTMCell / GRUCell parameter
@@ -126,15 +129,17 @@ using GRU = Recurrent<cells::GRU, I, H, Layers, BatchFirst, T>;
 /// The LSTM cell's state is h and c side by side (S = 2H), as in nn::LSTM; h_of / c_of take them apart.
 /// nn::RNN/LSTM/GRU run the same math through hand-fused kernels; cells are for custom loops and as
 /// the reference those kernels are checked against.
-template <class Kind, std::size_t I, std::size_t H, class T = float>
-struct RecurrentCell : CellParams<Kind::gates, I, H, T> {
+template <class Kind, std::size_t I, std::size_t H, class T = float, class D = cpu>
+struct RecurrentCell : CellParams<Kind::gates, I, H, T, D> {
   static constexpr std::size_t G = Kind::gates, S = Kind::state * H;
   static constexpr std::size_t in_features = I, out_features = H, state_size = S;
   static constexpr std::size_t num_params = G * H * (I + H + 2);
   static constexpr std::string_view name = Kind::name;
+  template <class D2>
+  using on_device = RecurrentCell<Kind, I, H, T, D2>;
   explicit RecurrentCell(Generator& g) { this->init(g); }
   template <class F>
-  void visit(F&& f, const std::string& prefix) const { CellParams<G, I, H, T>::visit(f, prefix, ""); }
+  void visit(F&& f, const std::string& prefix) const { CellParams<G, I, H, T, D>::visit(f, prefix, ""); }
 
   template <Expression X, Expression St>
   auto operator()(const X& x, const St& state) const {
@@ -179,13 +184,13 @@ struct RecurrentCell : CellParams<Kind::gates, I, H, T> {
   }
 };
 
-template <std::size_t I, std::size_t H, class T = float>
-using RNNCell = RecurrentCell<cells::RNN<false>, I, H, T>;
-template <std::size_t I, std::size_t H, class T = float>
-using RNNReLUCell = RecurrentCell<cells::RNN<true>, I, H, T>;
-template <std::size_t I, std::size_t H, class T = float>
-using LSTMCell = RecurrentCell<cells::LSTM, I, H, T>;
-template <std::size_t I, std::size_t H, class T = float>
-using GRUCell = RecurrentCell<cells::GRU, I, H, T>;
+template <std::size_t I, std::size_t H, class T = float, class D = cpu>
+using RNNCell = RecurrentCell<cells::RNN<false>, I, H, T, D>;
+template <std::size_t I, std::size_t H, class T = float, class D = cpu>
+using RNNReLUCell = RecurrentCell<cells::RNN<true>, I, H, T, D>;
+template <std::size_t I, std::size_t H, class T = float, class D = cpu>
+using LSTMCell = RecurrentCell<cells::LSTM, I, H, T, D>;
+template <std::size_t I, std::size_t H, class T = float, class D = cpu>
+using GRUCell = RecurrentCell<cells::GRU, I, H, T, D>;
 
 }  // namespace loom::nn

@@ -25,12 +25,12 @@ namespace loom {
 namespace ops {
 /// Writes new rows [B, Tn, D] into a cache [B, MaxT, D] at rows [*pos, *pos + Tn) and evaluates to the
 /// cache's filled rows (rows past them hold stale values that the attention's key lengths mask).
-template <class T, std::size_t MaxT>
+template <class T, std::size_t MaxT, class Dev = cpu>
 struct CacheAppend {
   static constexpr Kind kind = Kind::kernel;
   static constexpr bool differentiable = false;
   static constexpr std::string_view name = "kv_cache_append";
-  Tensor<T, DynShape<3>>* cache;
+  Tensor<T, DynShape<3>, Dev>* cache;
   const std::size_t* pos;
   template <class X>
   using shape = Shape<X::extents[0], MaxT, X::extents[2]>;
@@ -40,17 +40,17 @@ struct CacheAppend {
       throw shape_error("loom::kv_cache: cache " + to_string(c) + " does not hold rows " + to_string(x));
     return {x[0], MaxT, x[2]};
   }
-  void forward(const detail::View<T, 3>& out, const detail::View<T, 3>& x) const {
+  /// Strided copies on the program's device K: x into the cache rows, then the filled rows out.
+  template <class K>
+  void forward(on<K>, const detail::View<T, 3>& out, const detail::View<T, 3>& x) const {
     const std::size_t B = x.dims[0], Tn = x.dims[1], D = x.dims[2], p = *pos;
     if (p + Tn > MaxT)
       throw shape_error("loom::kv_cache: " + std::to_string(p + Tn) + " positions exceed the cache's " + std::to_string(MaxT));
+    const Strides<3> st{static_cast<std::ptrdiff_t>(MaxT * D), static_cast<std::ptrdiff_t>(D), 1};
     T* c = cache->data();
-    for (std::size_t b = 0; b < B; ++b)
-      for (std::size_t t = 0; t < Tn; ++t)
-        for (std::size_t d = 0; d < D; ++d)
-          c[(b * MaxT + p + t) * D + d] = x.data[static_cast<std::ptrdiff_t>(b) * x.strides[0] + static_cast<std::ptrdiff_t>(t) * x.strides[1] +
-                                                 static_cast<std::ptrdiff_t>(d) * x.strides[2]];
-    for (std::size_t b = 0; b < B; ++b) std::copy_n(c + b * MaxT * D, (p + Tn) * D, out.data + b * MaxT * D);
+    backend::Exec<K>::template apply<backend::Mode::assign>(detail::View<T, 3>{c + p * D, {B, Tn, D}, st}, x);
+    backend::Exec<K>::template apply<backend::Mode::assign>(detail::View<T, 3>{out.data, {B, p + Tn, D}, st},
+                                                            detail::View<T, 3>{c, {B, p + Tn, D}, st});
   }
 };
 }  // namespace ops
@@ -58,9 +58,9 @@ struct CacheAppend {
 namespace nn {
 
 /// Preallocated keys and values of every layer, [B, MaxT, D] each, and the number of filled positions.
-template <class T = float>
+template <class T = float, class D = cpu>
 struct KVCache {
-  std::vector<Tensor<T, DynShape<3>>> k, v;
+  std::vector<Tensor<T, DynShape<3>, D>> k, v;
   std::size_t pos = 0;
   KVCache(std::size_t layers, std::size_t batch, std::size_t max_len, std::size_t dim) {
     for (std::size_t l = 0; l < layers; ++l) {
@@ -114,11 +114,11 @@ struct MultiheadAttention {
   }
   /// Decoding: appends this step's keys and values to the cache and attends over the filled prefix.
   template <std::size_t MaxT, Expression X, Expression L>
-  auto cached(const X& x, const L& lengths, Tensor<T, DynShape<3>>& k_cache, Tensor<T, DynShape<3>>& v_cache,
+  auto cached(const X& x, const L& lengths, Tensor<T, DynShape<3>, Dev>& k_cache, Tensor<T, DynShape<3>, Dev>& v_cache,
               const std::size_t* pos, std::shared_ptr<loom::ops::AttentionState> decode_state) const {
     auto p = qkv(x);
-    auto k = make_node(loom::ops::CacheAppend<T, MaxT>{&k_cache, pos}, narrow<2, D, D>(p));
-    auto v = make_node(loom::ops::CacheAppend<T, MaxT>{&v_cache, pos}, narrow<2, 2 * D, D>(p));
+    auto k = make_node(loom::ops::CacheAppend<T, MaxT, Dev>{&k_cache, pos}, narrow<2, D, D>(p));
+    auto v = make_node(loom::ops::CacheAppend<T, MaxT, Dev>{&v_cache, pos}, narrow<2, 2 * D, D>(p));
     return out_proj(attention<Heads, Causal>(narrow<2, 0, D>(p), k, v, lengths, std::move(decode_state)));
   }
 };
@@ -174,7 +174,7 @@ struct TransformerLayer {
     return residuals(x, [&](const auto& h) { return drop(dropout1, self_attn(h, key_lengths)); });
   }
   template <std::size_t MaxT, Expression X, Expression L>
-  auto cached(const X& x, const L& lengths, Tensor<T, DynShape<3>>& k, Tensor<T, DynShape<3>>& v, const std::size_t* pos,
+  auto cached(const X& x, const L& lengths, Tensor<T, DynShape<3>, Dev>& k, Tensor<T, DynShape<3>, Dev>& v, const std::size_t* pos,
               std::shared_ptr<loom::ops::AttentionState> st) const {
     return residuals(x, [&](const auto& h) { return self_attn.template cached<MaxT>(h, lengths, k, v, pos, st); });
   }
@@ -227,13 +227,13 @@ struct TransformerLM {
   }
   /// Logits [B, Tn, V] of Tn new tokens decoded against the cache; lengths [B] = cache.pos + Tn.
   template <Expression X, Expression P, Expression L>
-  auto decode(const X& tokens, const P& positions, const L& lengths, KVCache<T>& cache) const {
+  auto decode(const X& tokens, const P& positions, const L& lengths, KVCache<T, Dev>& cache) const {
     auto st = std::make_shared<loom::ops::AttentionState>();
     st->mode.training = false;
     st->q_start = &cache.pos;
     return head(norm(apply_cached<0>(tok(tokens) + pos(positions), lengths, cache, st)));
   }
-  KVCache<T> make_cache(std::size_t batch) const { return KVCache<T>(Layers, batch, MaxT, D); }
+  KVCache<T, Dev> make_cache(std::size_t batch) const { return KVCache<T, Dev>(Layers, batch, MaxT, D); }
 
  private:
   template <std::size_t... I>
@@ -246,7 +246,7 @@ struct TransformerLM {
     else return apply<L + 1>(layers[L](x));
   }
   template <std::size_t L, class X, class Len>
-  auto apply_cached(const X& x, const Len& len, KVCache<T>& c, const std::shared_ptr<loom::ops::AttentionState>& st) const {
+  auto apply_cached(const X& x, const Len& len, KVCache<T, Dev>& c, const std::shared_ptr<loom::ops::AttentionState>& st) const {
     if constexpr (L == Layers) return x;
     else return apply_cached<L + 1>(layers[L].template cached<MaxT>(x, len, c.k[L], c.v[L], &c.pos, st), len, c, st);
   }

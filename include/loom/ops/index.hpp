@@ -187,20 +187,22 @@ namespace ops {
 /// caller owns (resized only when x's extents change). Lets one program also hand out an intermediate
 /// value — the final state of a recurrent layer, the keys and values of an attention layer — without a
 /// second program recomputing it. No gradient flows through it.
-template <class T, std::size_t R>
+template <class T, std::size_t R, class D = cpu>
 struct Export {
   static constexpr Kind kind = Kind::kernel;
   static constexpr bool differentiable = false;
   static constexpr std::string_view name = "export";
-  Tensor<T, DynShape<R>>* target;
+  Tensor<T, DynShape<R>, D>* target;
   template <class X>
   using shape = Shape<>;
   Dims<0> dims(const Dims<R>&) const { return {}; }
-  void forward(const detail::View<T, 0>& out, const detail::View<T, R>& x) const {
-    if (target->dims() != x.dims) *target = Tensor<T, DynShape<R>>(x.dims);
-    T* dst = target->data();
-    detail::for_each_offset(x, [&](std::size_t k, std::ptrdiff_t off) { dst[k] = x.data[off]; });
-    *out.data = T(0);
+  /// A strided copy on the program's device K.
+  template <class K>
+  void forward(on<K>, const detail::View<T, 0>& out, const detail::View<T, R>& x) const {
+    if (target->dims() != x.dims) *target = Tensor<T, DynShape<R>, D>(x.dims);
+    backend::Exec<K>::template apply<backend::Mode::assign>(
+        detail::View<T, R>{target->data(), x.dims, contiguous_strides(x.dims)}, x);
+    detail::DeviceMemory<D>::fill(out.data, 1, T(0));
   }
 };
 }  // namespace ops
@@ -208,6 +210,6 @@ struct Export {
 /// A scalar 0 whose evaluation writes x's value into `target` (add it to a loss: `loss + export_to(s, t)`).
 template <Expression X>
 auto export_to(const X& x, Tensor<value_t<X>, DynShape<shape_t<X>::rank>, device_t<X>>& target) {
-  return make_node(ops::Export<value_t<X>, shape_t<X>::rank>{&target}, x);
+  return make_node(ops::Export<value_t<X>, shape_t<X>::rank, device_t<X>>{&target}, x);
 }
 }  // namespace loom

@@ -21,7 +21,10 @@ namespace loom {
 namespace cells {
 
 template <class T>
-T sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
+LOOM_HOST_DEVICE T sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
+
+// Each cell computes feature j of one batch row (px, ph: that row's G*H pre-activations; prev, next:
+// its state; sv: its saved activations), so a step is a loop on the host or a kernel on a device.
 
 /// h' = act(pre_x + pre_h).
 template <bool Relu>
@@ -29,18 +32,15 @@ struct RNN {
   static constexpr std::string_view name = Relu ? "rnn_relu" : "rnn_tanh";
   static constexpr std::size_t gates = 1, state = 1, saved = 0;  // in units of H
   template <class T>
-  static void forward(std::size_t H, const T* px, const T* ph, const T*, T* next, T*) {
-    for (std::size_t j = 0; j < H; ++j) {
-      const T a = px[j] + ph[j];
-      next[j] = Relu ? (a > T(0) ? a : T(0)) : std::tanh(a);
-    }
+  LOOM_HOST_DEVICE static void forward(std::size_t, std::size_t j, const T* px, const T* ph, const T*, T* next, T*) {
+    const T a = px[j] + ph[j];
+    next[j] = Relu ? (a > T(0) ? a : T(0)) : std::tanh(a);
   }
   template <class T>
-  static void backward(std::size_t H, const T* dn, const T*, const T* next, const T*, T* dpx, T* dph, T* dprev) {
-    for (std::size_t j = 0; j < H; ++j) {
-      const T d = dn[j] * (Relu ? T(next[j] > T(0)) : T(1) - next[j] * next[j]);
-      dpx[j] = d, dph[j] = d, dprev[j] = T(0);
-    }
+  LOOM_HOST_DEVICE static void backward(std::size_t, std::size_t j, const T* dn, const T*, const T* next, const T*, T* dpx,
+                                        T* dph, T* dprev) {
+    const T d = dn[j] * (Relu ? T(next[j] > T(0)) : T(1) - next[j] * next[j]);
+    dpx[j] = d, dph[j] = d, dprev[j] = T(0);
   }
 };
 
@@ -49,27 +49,24 @@ struct LSTM {
   static constexpr std::string_view name = "lstm";
   static constexpr std::size_t gates = 4, state = 2, saved = 4;
   template <class T>
-  static void forward(std::size_t H, const T* px, const T* ph, const T* prev, T* next, T* sv) {
-    for (std::size_t j = 0; j < H; ++j) {
-      const T i = sigmoid(px[j] + ph[j]), f = sigmoid(px[H + j] + ph[H + j]);
-      const T g = std::tanh(px[2 * H + j] + ph[2 * H + j]), o = sigmoid(px[3 * H + j] + ph[3 * H + j]);
-      const T c = f * prev[H + j] + i * g;
-      next[H + j] = c;
-      next[j] = o * std::tanh(c);
-      sv[j] = i, sv[H + j] = f, sv[2 * H + j] = g, sv[3 * H + j] = o;
-    }
+  LOOM_HOST_DEVICE static void forward(std::size_t H, std::size_t j, const T* px, const T* ph, const T* prev, T* next, T* sv) {
+    const T i = sigmoid(px[j] + ph[j]), f = sigmoid(px[H + j] + ph[H + j]);
+    const T g = std::tanh(px[2 * H + j] + ph[2 * H + j]), o = sigmoid(px[3 * H + j] + ph[3 * H + j]);
+    const T c = f * prev[H + j] + i * g;
+    next[H + j] = c;
+    next[j] = o * std::tanh(c);
+    sv[j] = i, sv[H + j] = f, sv[2 * H + j] = g, sv[3 * H + j] = o;
   }
   template <class T>
-  static void backward(std::size_t H, const T* dn, const T* prev, const T* next, const T* sv, T* dpx, T* dph, T* dprev) {
-    for (std::size_t j = 0; j < H; ++j) {
-      const T i = sv[j], f = sv[H + j], g = sv[2 * H + j], o = sv[3 * H + j], tc = std::tanh(next[H + j]);
-      const T dc = dn[H + j] + dn[j] * o * (T(1) - tc * tc);
-      const T di = dc * g * i * (T(1) - i), df = dc * prev[H + j] * f * (T(1) - f);
-      const T dg = dc * i * (T(1) - g * g), dout = dn[j] * tc * o * (T(1) - o);
-      dpx[j] = dph[j] = di, dpx[H + j] = dph[H + j] = df, dpx[2 * H + j] = dph[2 * H + j] = dg;
-      dpx[3 * H + j] = dph[3 * H + j] = dout;
-      dprev[j] = T(0), dprev[H + j] = dc * f;
-    }
+  LOOM_HOST_DEVICE static void backward(std::size_t H, std::size_t j, const T* dn, const T* prev, const T* next, const T* sv,
+                                        T* dpx, T* dph, T* dprev) {
+    const T i = sv[j], f = sv[H + j], g = sv[2 * H + j], o = sv[3 * H + j], tc = std::tanh(next[H + j]);
+    const T dc = dn[H + j] + dn[j] * o * (T(1) - tc * tc);
+    const T di = dc * g * i * (T(1) - i), df = dc * prev[H + j] * f * (T(1) - f);
+    const T dg = dc * i * (T(1) - g * g), dout = dn[j] * tc * o * (T(1) - o);
+    dpx[j] = dph[j] = di, dpx[H + j] = dph[H + j] = df, dpx[2 * H + j] = dph[2 * H + j] = dg;
+    dpx[3 * H + j] = dph[3 * H + j] = dout;
+    dprev[j] = T(0), dprev[H + j] = dc * f;
   }
 };
 
@@ -78,24 +75,21 @@ struct GRU {
   static constexpr std::string_view name = "gru";
   static constexpr std::size_t gates = 3, state = 1, saved = 4;
   template <class T>
-  static void forward(std::size_t H, const T* px, const T* ph, const T* prev, T* next, T* sv) {
-    for (std::size_t j = 0; j < H; ++j) {
-      const T r = sigmoid(px[j] + ph[j]), z = sigmoid(px[H + j] + ph[H + j]);
-      const T n = std::tanh(px[2 * H + j] + r * ph[2 * H + j]);
-      next[j] = (T(1) - z) * n + z * prev[j];
-      sv[j] = r, sv[H + j] = z, sv[2 * H + j] = n, sv[3 * H + j] = ph[2 * H + j];
-    }
+  LOOM_HOST_DEVICE static void forward(std::size_t H, std::size_t j, const T* px, const T* ph, const T* prev, T* next, T* sv) {
+    const T r = sigmoid(px[j] + ph[j]), z = sigmoid(px[H + j] + ph[H + j]);
+    const T n = std::tanh(px[2 * H + j] + r * ph[2 * H + j]);
+    next[j] = (T(1) - z) * n + z * prev[j];
+    sv[j] = r, sv[H + j] = z, sv[2 * H + j] = n, sv[3 * H + j] = ph[2 * H + j];
   }
   template <class T>
-  static void backward(std::size_t H, const T* dn, const T* prev, const T*, const T* sv, T* dpx, T* dph, T* dprev) {
-    for (std::size_t j = 0; j < H; ++j) {
-      const T r = sv[j], z = sv[H + j], n = sv[2 * H + j], hn = sv[3 * H + j];
-      const T dnn = dn[j] * (T(1) - z) * (T(1) - n * n);
-      const T dz = dn[j] * (prev[j] - n) * z * (T(1) - z), dr = dnn * hn * r * (T(1) - r);
-      dpx[j] = dph[j] = dr, dpx[H + j] = dph[H + j] = dz;
-      dpx[2 * H + j] = dnn, dph[2 * H + j] = dnn * r;
-      dprev[j] = dn[j] * z;
-    }
+  LOOM_HOST_DEVICE static void backward(std::size_t H, std::size_t j, const T* dn, const T* prev, const T*, const T* sv,
+                                        T* dpx, T* dph, T* dprev) {
+    const T r = sv[j], z = sv[H + j], n = sv[2 * H + j], hn = sv[3 * H + j];
+    const T dnn = dn[j] * (T(1) - z) * (T(1) - n * n);
+    const T dz = dn[j] * (prev[j] - n) * z * (T(1) - z), dr = dnn * hn * r * (T(1) - r);
+    dpx[j] = dph[j] = dr, dpx[H + j] = dph[H + j] = dz;
+    dpx[2 * H + j] = dnn, dph[2 * H + j] = dnn * r;
+    dprev[j] = dn[j] * z;
   }
 };
 
@@ -111,6 +105,73 @@ struct check_scan {
 }  // namespace detail
 
 namespace ops {
+
+/// The scan's elementwise steps, written once: a loop on the host, a kernel on a device.
+namespace scan_kernels {
+template <class T>
+struct AddBias {  // rows[r, j] += b[j] over rows [n, GH]
+  T* rows;
+  std::size_t GH;
+  const T* b;
+  std::ptrdiff_t bs;
+  LOOM_HOST_DEVICE void operator()(std::size_t i) const { rows[i] += b[static_cast<std::ptrdiff_t>(i % GH) * bs]; }
+};
+template <class T>
+struct ColumnSum {  // db[j] += sum over the n rows of rows[r, j] (a thread per column: no atomics)
+  T* db;
+  std::ptrdiff_t dbs;
+  const T* rows;
+  std::size_t n, GH;
+  LOOM_HOST_DEVICE void operator()(std::size_t j) const {
+    T acc = 0;
+    for (std::size_t r = 0; r < n; ++r) acc += rows[r * GH + j];
+    db[static_cast<std::ptrdiff_t>(j) * dbs] += acc;
+  }
+};
+template <class T>
+struct Strided2 {  // dst[b, s] (op)= src[b, s] between a contiguous [B, S] buffer and a strided view
+  T* buf;
+  T* view;
+  std::ptrdiff_t s0, s1;
+  std::size_t S;
+  int mode;  // 0: buf = view, 1: view += buf, 2: buf += view (buf holds the carry)
+  LOOM_HOST_DEVICE void operator()(std::size_t i) const {
+    T& v = view[static_cast<std::ptrdiff_t>(i / S) * s0 + static_cast<std::ptrdiff_t>(i % S) * s1];
+    if (mode == 0) buf[i] = v;
+    else if (mode == 1) v += buf[i];
+    else buf[i] += v;
+  }
+};
+template <class Cell, class T>
+struct Forward {  // one step: thread (b, j)
+  std::size_t H, GH, S;
+  const T* px;
+  const T* ph;
+  const T* prev;
+  T* next;
+  T* sv;
+  LOOM_HOST_DEVICE void operator()(std::size_t i) const {
+    const std::size_t b = i / H;
+    Cell::forward(H, i % H, px + b * GH, ph + b * GH, prev + b * S, next + b * S, sv + b * Cell::saved * H);
+  }
+};
+template <class Cell, class T>
+struct Backward {
+  std::size_t H, GH, S;
+  const T* dn;
+  const T* prev;
+  const T* next;
+  const T* sv;
+  T* dpx;
+  T* dph;
+  T* dprev;
+  LOOM_HOST_DEVICE void operator()(std::size_t i) const {
+    const std::size_t b = i / H;
+    Cell::backward(H, i % H, dn + b * S, prev + b * S, next + b * S, sv + b * Cell::saved * H, dpx + b * GH, dph + b * GH,
+                   dprev + b * S);
+  }
+};
+}  // namespace scan_kernels
 
 template <class Cell>
 struct Scan {
@@ -147,79 +208,70 @@ struct Scan {
   static detail::View<T, 2> step(const detail::View<T, 3>& v, std::size_t t) {
     return {v.data + static_cast<std::ptrdiff_t>(t) * v.strides[0], {v.dims[1], v.dims[2]}, {v.strides[1], v.strides[2]}};
   }
-  template <class T>
-  static void add_bias(T* rows, std::size_t B, std::size_t GH, const detail::View<T, 1>& b) {
-    for (std::size_t r = 0; r < B; ++r)
-      for (std::size_t j = 0; j < GH; ++j) rows[r * GH + j] += b.data[static_cast<std::ptrdiff_t>(j) * b.strides[0]];
-  }
-  template <class T>
-  static void add_colsum(const detail::View<T, 1>& db, const T* rows, std::size_t B, std::size_t GH) {
-    if (!db.data) return;
-    for (std::size_t r = 0; r < B; ++r)
-      for (std::size_t j = 0; j < GH; ++j) db.data[static_cast<std::ptrdiff_t>(j) * db.strides[0]] += rows[r * GH + j];
+  /// C (+)= A B: Eigen / BLAS on the host, cuBLAS on a device.
+  template <class D, class T>
+  static void gemm(const detail::View<T, 2>& C, const detail::View<T, 2>& A, const detail::View<T, 2>& B, bool acc) {
+    if constexpr (HostDevice<D>) backend::cpu::gemm(C, A, B, acc);
+    else backend::device::gemm(C, A, B, acc);
   }
 
-  template <class T>
-  void forward(const detail::View<T, 3>& out, const detail::View<T, 3>& x, const detail::View<T, 2>& h0,
+  // One implementation for every device: GEMMs and elementwise steps (see scan_kernels).
+  template <class D, class T>
+  void forward(on<D>, const detail::View<T, 3>& out, const detail::View<T, 3>& x, const detail::View<T, 2>& h0,
                const detail::View<T, 2>& wih, const detail::View<T, 2>& whh, const detail::View<T, 1>& bih,
                const detail::View<T, 1>& bhh, T* scratch) const {
+    using namespace scan_kernels;
     const std::size_t Tn = x.dims[0], B = x.dims[1], H = whh.dims[1], GH = Cell::gates * H, S = out.dims[2];
     T *px = scratch, *sv = px + Tn * B * GH, *ph = sv + Tn * B * Cell::saved * H, *init = ph + 2 * B * GH;
-    for (std::size_t t = 0; t < Tn; ++t) {  // pre_x for every step
-      backend::cpu::gemm(mat(px + t * B * GH, B, GH, GH), step(x, t), backend::cpu::transposed(wih), false);
-      add_bias(px + t * B * GH, B, GH, bih);
-    }
-    for (std::size_t b = 0; b < B; ++b)
-      for (std::size_t s = 0; s < S; ++s) init[b * S + s] = h0.data[static_cast<std::ptrdiff_t>(b) * h0.strides[0] + static_cast<std::ptrdiff_t>(s) * h0.strides[1]];
+    for (std::size_t t = 0; t < Tn; ++t)  // pre_x for every step
+      gemm<D>(mat(px + t * B * GH, B, GH, GH), step(x, t), backend::cpu::transposed(wih), false);
+    backend::each<D>(Tn * B * GH, AddBias<T>{px, GH, bih.data, bih.strides[0]});
+    backend::each<D>(B * S, Strided2<T>{init, h0.data, h0.strides[0], h0.strides[1], S, 0});
     for (std::size_t t = 0; t < Tn; ++t) {
       const T* prev = t ? out.data + (t - 1) * B * S : init;  // the kernel's own output is contiguous
-      T* next = out.data + t * B * S;
-      backend::cpu::gemm(mat(ph, B, GH, GH), mat(const_cast<T*>(prev), B, H, S), backend::cpu::transposed(whh), false);
-      add_bias(ph, B, GH, bhh);
-      for (std::size_t b = 0; b < B; ++b)
-        Cell::forward(H, px + (t * B + b) * GH, ph + b * GH, prev + b * S, next + b * S,
-                      sv + (t * B + b) * Cell::saved * H);
+      gemm<D>(mat(ph, B, GH, GH), mat(const_cast<T*>(prev), B, H, S), backend::cpu::transposed(whh), false);
+      backend::each<D>(B * GH, AddBias<T>{ph, GH, bhh.data, bhh.strides[0]});
+      backend::each<D>(B * H, scan_kernels::Forward<Cell, T>{H, GH, S, px + t * B * GH, ph, prev, out.data + t * B * S,
+                                                             sv + t * B * Cell::saved * H});
     }
   }
 
-  template <class T>
-  void backward(const detail::View<T, 3>& g, const detail::View<T, 3>& out,
+  template <class D, class T>
+  void backward(on<D>, const detail::View<T, 3>& g, const detail::View<T, 3>& out,
                 const std::pair<detail::View<T, 3>, detail::View<T, 3>>& x,
                 const std::pair<detail::View<T, 2>, detail::View<T, 2>>& h0,
                 const std::pair<detail::View<T, 2>, detail::View<T, 2>>& wih,
                 const std::pair<detail::View<T, 2>, detail::View<T, 2>>& whh,
                 const std::pair<detail::View<T, 1>, detail::View<T, 1>>& bih,
                 const std::pair<detail::View<T, 1>, detail::View<T, 1>>& bhh, T* scratch) const {
+    using namespace scan_kernels;
     const std::size_t Tn = x.first.dims[0], B = x.first.dims[1], H = whh.first.dims[1], GH = Cell::gates * H;
     const std::size_t S = out.dims[2];
     T *dpx = scratch, *sv = dpx + Tn * B * GH, *dph = sv + Tn * B * Cell::saved * H + B * GH;
     T *init = dph + B * GH, *carry = init + B * S, *dn = carry + B * S;
-    std::fill_n(carry, B * S, T(0));
+    detail::DeviceMemory<D>::fill(carry, B * S, T(0));
     for (std::size_t t = Tn; t-- > 0;) {
       const T* prev = t ? out.data + (t - 1) * B * S : init;
-      for (std::size_t b = 0; b < B; ++b)
-        for (std::size_t s = 0; s < S; ++s)
-          dn[b * S + s] = carry[b * S + s] + g.data[static_cast<std::ptrdiff_t>(t) * g.strides[0] +
-                                                    static_cast<std::ptrdiff_t>(b) * g.strides[1] + static_cast<std::ptrdiff_t>(s) * g.strides[2]];
-      for (std::size_t b = 0; b < B; ++b)
-        Cell::backward(H, dn + b * S, prev + b * S, out.data + (t * B + b) * S, sv + (t * B + b) * Cell::saved * H,
-                       dpx + (t * B + b) * GH, dph + b * GH, carry + b * S);
+      // the gradient reaching state t: from the output at t and (carried) from step t + 1
+      backend::each<D>(B * S, Strided2<T>{dn, g.data + static_cast<std::ptrdiff_t>(t) * g.strides[0], g.strides[1],
+                                          g.strides[2], S, 0});
+      backend::each<D>(B * S, Strided2<T>{dn, carry, static_cast<std::ptrdiff_t>(S), 1, S, 2});
+      backend::each<D>(B * H, scan_kernels::Backward<Cell, T>{H, GH, S, dn, prev, out.data + t * B * S,
+                                                              sv + t * B * Cell::saved * H, dpx + t * B * GH, dph, carry});
       // through h[t-1] W_hh^T: dh[t-1] += dpre_h W_hh,  dW_hh += dpre_h^T h[t-1]
-      backend::cpu::gemm(mat(carry, B, H, S), mat(dph, B, GH, GH), whh.first, true);
+      gemm<D>(mat(carry, B, H, S), mat(dph, B, GH, GH), whh.first, true);
       if (whh.second.data)
-        backend::cpu::gemm(whh.second, backend::cpu::transposed(mat(dph, B, GH, GH)), mat(const_cast<T*>(prev), B, H, S), true);
-      add_colsum(bhh.second, dph, B, GH);
+        gemm<D>(whh.second, backend::cpu::transposed(mat(dph, B, GH, GH)), mat(const_cast<T*>(prev), B, H, S), true);
+      if (bhh.second.data) backend::each<D>(GH, ColumnSum<T>{bhh.second.data, bhh.second.strides[0], dph, B, GH});
     }
     if (h0.second.data)
-      for (std::size_t b = 0; b < B; ++b)
-        for (std::size_t s = 0; s < S; ++s)
-          h0.second.data[static_cast<std::ptrdiff_t>(b) * h0.second.strides[0] + static_cast<std::ptrdiff_t>(s) * h0.second.strides[1]] += carry[b * S + s];
+      backend::each<D>(B * S, Strided2<T>{carry, h0.second.data, h0.second.strides[0], h0.second.strides[1], S, 1});
     for (std::size_t t = 0; t < Tn; ++t) {  // through x[t] W_ih^T, batched after the time loop
       const auto d = mat(dpx + t * B * GH, B, GH, GH);
-      if (wih.second.data) backend::cpu::gemm(wih.second, backend::cpu::transposed(d), step(x.first, t), true);
-      if (x.second.data) backend::cpu::gemm(step(x.second, t), d, wih.first, true);
-      add_colsum(bih.second, dpx + t * B * GH, B, GH);
+      if (wih.second.data) gemm<D>(wih.second, backend::cpu::transposed(d), step(x.first, t), true);
+      if (x.second.data) gemm<D>(step(x.second, t), d, wih.first, true);
     }
+    if (bih.second.data) backend::each<D>(GH, ColumnSum<T>{bih.second.data, bih.second.strides[0], dpx, Tn * B, GH});
   }
 };
 

@@ -26,7 +26,7 @@ struct check_scan_cell {
 
 namespace ops {
 
-template <class Cell, Dtype T, std::size_t I, std::size_t S>
+template <class Cell, Dtype T, std::size_t I, std::size_t S, class D = cpu>
 struct ScanCell {
   static constexpr Kind kind = Kind::kernel;
   static constexpr bool differentiable = true;
@@ -34,10 +34,10 @@ struct ScanCell {
   template <class SX, class SH>
   using shape = Shape<SX::extents[0], SX::extents[1], S>;
 
-  using XVar = Variable<T, Shape<dyn, I>>;
-  using HVar = Variable<T, Shape<dyn, S>>;
+  using XVar = Variable<T, Shape<dyn, I>, D>;
+  using HVar = Variable<T, Shape<dyn, S>, D>;
   using Step = decltype(std::declval<const Cell&>()(std::declval<XVar>(), std::declval<HVar>()));
-  using Seed = Input<T, Shape<dyn, S>>;
+  using Seed = Input<T, Shape<dyn, S>, D>;
   /// One cell step and its vector-Jacobian product (sum(step * seed), differentiated).
   struct Runner {
     Cell cell;
@@ -59,17 +59,25 @@ struct ScanCell {
   /// Two state-gradient carries and the step's incoming gradient [B, S] x 3, a dummy gradient for x [B, I].
   std::size_t scratch(const Dims<3>& x, const Dims<2>&) const { return 3 * x[1] * S + x[1] * I; }
 
-  static Tensor<T, Shape<dyn, dyn>> wrap(const detail::View<T, 2>& v) {
-    return Tensor<T, Shape<dyn, dyn>>::wrap(v.data, v.dims, v.strides, nullptr);
+  static Tensor<T, Shape<dyn, dyn>, D> wrap(const detail::View<T, 2>& v) {
+    return Tensor<T, Shape<dyn, dyn>, D>::wrap(v.data, v.dims, v.strides, nullptr);
   }
-  static Tensor<T, Shape<dyn, dyn>> wrap(T* p, std::size_t r, std::size_t c) {
-    return Tensor<T, Shape<dyn, dyn>>::wrap(p, {r, c}, {static_cast<std::ptrdiff_t>(c), 1}, nullptr);
+  static Tensor<T, Shape<dyn, dyn>, D> wrap(T* p, std::size_t r, std::size_t c) {
+    return Tensor<T, Shape<dyn, dyn>, D>::wrap(p, {r, c}, {static_cast<std::ptrdiff_t>(c), 1}, nullptr);
+  }
+  static detail::View<T, 2> rows(T* p, std::size_t r, std::size_t c) { return {p, {r, c}, {static_cast<std::ptrdiff_t>(c), 1}}; }
+  /// Copies (or adds) between views on the program's device (Dev: whose kernels run the program).
+  template <class Dev, backend::Mode M>
+  static void move(const detail::View<T, 2>& dst, const detail::View<T, 2>& src) {
+    backend::Exec<Dev>::template apply<M>(dst, src);
   }
   static detail::View<T, 2> step_of(const detail::View<T, 3>& v, std::size_t t) {
     return {v.data + static_cast<std::ptrdiff_t>(t) * v.strides[0], {v.dims[1], v.dims[2]}, {v.strides[1], v.strides[2]}};
   }
 
-  void forward(const detail::View<T, 3>& out, const detail::View<T, 3>& x, const detail::View<T, 2>& h0,
+  // The sub-programs run on D; the steps between them are strided copies on the program's device.
+  template <class Dev>
+  void forward(on<Dev>, const detail::View<T, 3>& out, const detail::View<T, 3>& x, const detail::View<T, 2>& h0,
                T* scratch) const {
     const std::size_t Tn = x.dims[0], B = x.dims[1];
     auto none_x = wrap(scratch + 3 * B * S, B, I), none_h = wrap(scratch, B, S);
@@ -77,24 +85,24 @@ struct ScanCell {
       run->x.bind(wrap(step_of(x, t)), none_x);
       run->h.bind(t ? wrap(step_of(out, t - 1)) : wrap(h0), none_h);
       const auto y = run->step.forward();
-      backend::cpu::strided_apply<backend::cpu::Mode::assign>(step_of(out, t),
-                                                              detail::View<T, 2>{y.data(), y.dims(), y.strides()});
+      move<Dev, backend::Mode::assign>(step_of(out, t), detail::View<T, 2>{y.data(), y.dims(), y.strides()});
     }
   }
 
-  void backward(const detail::View<T, 3>& g, const detail::View<T, 3>& out,
+  template <class Dev>
+  void backward(on<Dev>, const detail::View<T, 3>& g, const detail::View<T, 3>& out,
                 const std::pair<detail::View<T, 3>, detail::View<T, 3>>& x,
                 const std::pair<detail::View<T, 2>, detail::View<T, 2>>& h0, T* scratch) const {
     const std::size_t Tn = x.first.dims[0], B = x.first.dims[1];
     T *carry = scratch, *prev = carry + B * S, *seed = prev + B * S;
     auto none_x = wrap(seed + B * S, B, I);
     const detail::View<T, 2> seed_v{seed, {B, S}, {static_cast<std::ptrdiff_t>(S), 1}};
-    std::fill_n(carry, B * S, T(0));
+    detail::DeviceMemory<D>::fill(carry, B * S, T(0));
     for (std::size_t t = Tn; t-- > 0;) {
       // the gradient reaching h[t]: from the output at t and from step t + 1
-      backend::cpu::strided_apply<backend::cpu::Mode::assign>(seed_v, step_of(g, t));
-      for (std::size_t k = 0; k < B * S; ++k) seed[k] += carry[k];
-      std::fill_n(prev, B * S, T(0));
+      move<Dev, backend::Mode::assign>(seed_v, step_of(g, t));
+      move<Dev, backend::Mode::add>(seed_v, rows(carry, B, S));
+      detail::DeviceMemory<D>::fill(prev, B * S, T(0));
       run->x.bind(wrap(step_of(x.first, t)), x.second.data ? wrap(step_of(x.second, t)) : none_x);
       run->h.bind(t ? wrap(step_of(out, t - 1)) : wrap(h0.first), wrap(prev, B, S));
       run->seed.bind(wrap(seed_v));
@@ -102,9 +110,7 @@ struct ScanCell {
       run->vjp.backward();  // adds into dx[t], d h[t-1] (prev) and the cell's parameters
       std::swap(carry, prev);
     }
-    if (h0.second.data)
-      backend::cpu::strided_apply<backend::cpu::Mode::add>(
-          h0.second, detail::View<T, 2>{carry, {B, S}, {static_cast<std::ptrdiff_t>(S), 1}});
+    if (h0.second.data) move<Dev, backend::Mode::add>(h0.second, rows(carry, B, S));
   }
 };
 
@@ -122,7 +128,7 @@ auto scan(Cell cell, const X& x, const H0& h0) {
   static_assert(SX::extents[2] != dyn && SH::extents[1] != dyn,
                 "loom::scan: the input width I and the state width S must be static");
   using T = value_t<X>;
-  using Op = ops::ScanCell<Cell, T, SX::extents[2], SH::extents[1]>;
+  using Op = ops::ScanCell<Cell, T, SX::extents[2], SH::extents[1], device_t<X>>;
   using Out = shape_t<typename Op::Step>;
   constexpr bool ok = Out::rank == 2 && Out::extents[1] == SH::extents[1];
   detail::check_scan_cell<ok, Out, SH>{};

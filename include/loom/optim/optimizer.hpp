@@ -21,17 +21,6 @@ struct AdamOptions {
   double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0;
 };
 
-namespace detail {
-/// f(k) for every element k of a parameter on device D: a loop on the host, one kernel on a device.
-template <class D, class F>
-void each_element(std::size_t n, const F& f) {
-  if constexpr (HostDevice<D>)
-    for (std::size_t k = 0; k < n; ++k) f(k);
-  else
-    backend::device::for_n(n, f);
-}
-}  // namespace detail
-
 /// What all optimizers share: the parameters (on device D), their state buffers and zero_grad().
 template <class T, class D = cpu>
 class Optimizer {
@@ -114,7 +103,7 @@ class SGD : public Optimizer<T, D> {
     const T lr = T(o_.lr), mu = T(o_.momentum), damp = T(o_.dampening), wd = T(o_.weight_decay);
     for (std::size_t i = 0; i < this->params_.size(); ++i) {
       auto& p = this->params_[i];
-      detail::each_element<D>(p.size, detail::SGDUpdate<T>{p.value, buf_[i].data(), p.grad, lr, mu, damp, wd, steps_ == 0, o_.nesterov});
+      backend::each<D>(p.size, detail::SGDUpdate<T>{p.value, buf_[i].data(), p.grad, lr, mu, damp, wd, steps_ == 0, o_.nesterov});
     }
     ++steps_;
   }
@@ -150,7 +139,7 @@ class AdamBase : public Optimizer<T, D> {
       auto& p = this->params_[i];
       auto ui = u;
       ui.value = p.value, ui.m = m_[i].data(), ui.v = v_[i].data(), ui.grad = p.grad;
-      detail::each_element<D>(p.size, ui);
+      backend::each<D>(p.size, ui);
     }
   }
   Options& options() { return o_; }
@@ -194,7 +183,7 @@ class RMSprop : public Optimizer<T, D> {
   void step() {
     for (std::size_t i = 0; i < this->params_.size(); ++i) {
       auto& p = this->params_[i];
-      detail::each_element<D>(p.size, detail::RMSpropUpdate<T>{p.value, sq_[i].data(), buf_[i].data(), p.grad, T(o_.lr), T(o_.alpha), T(o_.eps),
+      backend::each<D>(p.size, detail::RMSpropUpdate<T>{p.value, sq_[i].data(), buf_[i].data(), p.grad, T(o_.lr), T(o_.alpha), T(o_.eps),
                                                   T(o_.weight_decay), T(o_.momentum)});
     }
     ++steps_;
@@ -242,7 +231,7 @@ double clip_grad_norm(const std::vector<nn::ParamRef<T, D>>& params, double max_
   }
   const double norm = std::sqrt(sq);
   if (norm > max_norm && norm > 0)
-    for (const auto& p : params) detail::each_element<D>(p.size, detail::ScaleBy<T>{p.grad, T(max_norm / (norm + 1e-6))});
+    for (const auto& p : params) backend::each<D>(p.size, detail::ScaleBy<T>{p.grad, T(max_norm / (norm + 1e-6))});
   return norm;
 }
 

@@ -74,7 +74,8 @@ Operand as_cublas(const loom::detail::View<T, 2>& v) {
 template <class T>
 void gemm_batched(const loom::detail::View<T, 2>& C, const loom::detail::View<T, 2>& A, const loom::detail::View<T, 2>& B,
                   bool accumulate, std::size_t batches, std::ptrdiff_t bc, std::ptrdiff_t ba, std::ptrdiff_t bb) {
-  const std::size_t m = C.dims[0], n = C.dims[1], k = A.dims[1];
+  const std::size_t m = C.dims[0], n = C.dims[1];
+  [[maybe_unused]] const std::size_t k = A.dims[1];  // (cuBLAS only)
   if (m == 0 || n == 0 || batches == 0) return;
 #if defined(LOOM_CUDA)
   if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
