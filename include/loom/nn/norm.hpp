@@ -79,7 +79,7 @@ struct Normalize {  // out = (x - mu_c) * inv_c * gamma_c + beta_c
   const T* beta;
   std::ptrdiff_t bs;
   LOOM_HOST_DEVICE void operator()(std::size_t i) const {
-    const std::size_t c = (i / S) % C;
+    const auto c = static_cast<std::ptrdiff_t>((i / S) % C);
     out[i] = T((double(x[i]) - stats[2 * c]) * stats[2 * c + 1] * gamma[c * gs] + beta[c * bs]);
   }
 };
@@ -96,7 +96,7 @@ struct ChannelInputGrad {  // batch norm's dx (training: through the batch stati
   double M;
   bool training;
   LOOM_HOST_DEVICE void operator()(std::size_t i) const {
-    const std::size_t c = (i / S) % C;
+    const auto c = static_cast<std::ptrdiff_t>((i / S) % C);
     const double inv = stats[2 * c + 1], ga = gamma[c * gs], xhat = (double(x[i]) - stats[2 * c]) * inv;
     dx[i] += T(training ? ga * inv / M * (M * g[i] - sums[c] - xhat * sums[C + c]) : ga * inv * g[i]);
   }
@@ -111,8 +111,9 @@ struct AffineGrads {
   T* dbeta;
   std::ptrdiff_t dbs;
   LOOM_HOST_DEVICE void operator()(std::size_t c) const {
-    if (dgamma) dgamma[c * dgs] += T(sum_gxhat[c]);
-    if (dbeta) dbeta[c * dbs] += T(sum_g[c]);
+    const auto ci = static_cast<std::ptrdiff_t>(c);
+    if (dgamma) dgamma[ci * dgs] += T(sum_gxhat[c]);
+    if (dbeta) dbeta[ci * dbs] += T(sum_g[c]);
   }
 };
 /// Layer norm: row k of x (the last axis) normalized into the kernel's own contiguous output.
@@ -131,13 +132,15 @@ struct RowForward {
   LOOM_HOST_DEVICE void operator()(std::size_t k) const {
     const T* row = x + xl.row(k);
     const std::ptrdiff_t xs = xl.st[R - 1];
+    const auto n = static_cast<std::ptrdiff_t>(D);
     T mu = 0, var = 0;
-    for (std::size_t d = 0; d < D; ++d) mu += row[d * xs];
+    for (std::ptrdiff_t d = 0; d < n; ++d) mu += row[d * xs];
     mu /= T(D);
-    for (std::size_t d = 0; d < D; ++d) var += (row[d * xs] - mu) * (row[d * xs] - mu);
+    for (std::ptrdiff_t d = 0; d < n; ++d) var += (row[d * xs] - mu) * (row[d * xs] - mu);
     const T rstd = T(1) / std::sqrt(var / T(D) + eps);
     stats[2 * k] = mu, stats[2 * k + 1] = rstd;
-    for (std::size_t d = 0; d < D; ++d) out[k * D + d] = (row[d * xs] - mu) * rstd * gamma[d * gs] + beta[d * bs];
+    T* o = out + k * D;
+    for (std::ptrdiff_t d = 0; d < n; ++d) o[d] = (row[d * xs] - mu) * rstd * gamma[d * gs] + beta[d * bs];
   }
 };
 template <class T, std::size_t R>
@@ -158,13 +161,14 @@ struct RowInputGrad {  // dx = rstd * (g gamma - mean(g gamma) - xhat * mean(g g
     T* drow = dx + dl.row(k);
     const std::ptrdiff_t xs = xl.st[R - 1], gys = gl.st[R - 1], ds = dl.st[R - 1];
     const T mu = stats[2 * k], rstd = stats[2 * k + 1];
+    const auto n = static_cast<std::ptrdiff_t>(D);
     T m1 = 0, m2 = 0;
-    for (std::size_t d = 0; d < D; ++d) {
+    for (std::ptrdiff_t d = 0; d < n; ++d) {
       const T gg = grow[d * gys] * gamma[d * gs];
       m1 += gg, m2 += gg * (row[d * xs] - mu);
     }
     m1 /= T(D), m2 *= rstd / T(D);
-    for (std::size_t d = 0; d < D; ++d)
+    for (std::ptrdiff_t d = 0; d < n; ++d)
       drow[d * ds] += rstd * (grow[d * gys] * gamma[d * gs] - m1 - (row[d * xs] - mu) * (rstd * m2));
   }
 };
