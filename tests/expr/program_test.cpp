@@ -6,6 +6,11 @@
 #include <atomic>
 #include <cstdlib>
 #include <new>
+#include <vector>
+
+// The counting operator new below allocates with malloc and its operator delete frees: GCC's
+// -Wmismatched-new-delete cannot see that the pair is replaced together.
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
 
 namespace {
 std::atomic<bool> g_counting{false};
@@ -94,6 +99,42 @@ TEST_CASE("program: an elementwise chain and its backward run as one loop each")
   CHECK(a.grad()(7) == doctest::Approx(0.5f * (1 - t * t) * y + 1));
   CHECK(b.grad()(7) == doctest::Approx(0.5f * (1 - t * t) * x));
   CHECK(c.grad()(7) == doctest::Approx(0.5f * (1 - t * t)));
+}
+
+TEST_CASE("program: a gradient several outputs of the backward loop need is computed once per chunk") {
+  // d/d(a*b+c) = 0.5 (1 - tanh^2) reaches a, b and c: the host loop stages it (one tanh per element, not
+  // three); the device path (a thread per element) recomputes it. Rows longer than a chunk, rows
+  // shorter than one, a broadcast operand (its gradient summed over rows) and both thread counts.
+  auto check = [](auto a, auto b, auto c) {
+    auto step = compile(tanh(a * b + c) * 0.5f + a);
+    step.forward();
+#if defined(LOOM_CPU_RUNS_DEVICE_KERNELS)
+    constexpr std::size_t expect_staged = 0;
+#else
+    constexpr std::size_t expect_staged = 1;
+#endif
+    const std::size_t before = backend::cpu::fused_stats().staged;
+    step.backward();
+    CHECK(backend::cpu::fused_stats().staged - before == expect_staged);
+    auto vec = [](const auto& t) { return std::vector<float>(t.data(), t.data() + t.size()); };  // contiguous
+    const auto av = vec(a.value()), bv = vec(b.value()), cv = vec(c.value());
+    const auto ga = vec(a.grad()), gb = vec(b.grad()), gc = vec(c.grad());
+    std::vector<double> want_c(cv.size(), 0.0);
+    double err = 0;  // the largest error relative to 1 + |expected|
+    auto track = [&](double got, double want) { err = std::max(err, std::abs(got - want) / (1 + std::abs(want))); };
+    for (std::size_t i = 0; i < av.size(); ++i) {
+      const std::size_t k = i % cv.size();  // c broadcast over rows when smaller
+      const double t = std::tanh(double(av[i]) * bv[i] + cv[k]), dt = 0.5 * (1 - t * t);
+      track(ga[i], dt * bv[i] + 1);
+      track(gb[i], dt * av[i]);
+      want_c[k] += dt;
+    }
+    for (std::size_t k = 0; k < cv.size(); ++k) track(gc[k], want_c[k]);
+    CHECK(err < 1e-5);
+  };
+  check(rand_param<Shape<20011>>(1), rand_param<Shape<20011>>(2), rand_param<Shape<20011>>(3));
+  check(rand_param<Shape<40, 1000>>(4), rand_param<Shape<40, 1000>>(5), rand_param<Shape<40, 1000>>(6));
+  check(rand_param<Shape<3, 9000>>(7), rand_param<Shape<3, 9000>>(8), rand_param<Shape<9000>>(9));
 }
 
 TEST_CASE("program: a value used several times is computed once per step") {

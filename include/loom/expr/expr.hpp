@@ -178,6 +178,15 @@ struct SlotRef : LeafBase<T, S, D> {
   static constexpr bool adj = Adj;
 };
 
+/// A value computed once per chunk of a fused backward loop and read by several of its outputs: the
+/// gradient flowing into an inlined node with several differentiable inputs (host loops only; see
+/// backend/cpu/fused.hpp). Id is that node's slot.
+template <Dtype T, ShapeType S, std::size_t Id, Device D = cpu>
+struct StageRef : LeafBase<T, S, D> {
+  static constexpr bool requires_grad = false;
+  static constexpr std::size_t stage = Id;
+};
+
 // ---- interior nodes --------------------------------------------------------------------------------------
 
 namespace detail {

@@ -76,6 +76,11 @@ template <std::size_t Slot, class E>
 struct GradTo {
   E expr;
 };
+/// A gradient computed once per chunk of the loop and read (as StageRef<.., Id>) by the outputs after it.
+template <std::size_t Id, class E>
+struct StageTo {
+  E expr;
+};
 
 }  // namespace detail
 
@@ -729,21 +734,44 @@ class Program {
           e.template arg<I>(), std::get<I>(grads))...);
     }(std::make_index_sequence<E::arity>{});
   }
+  /// The gradient g flowing into an inlined node C reaches each of C's differentiable inputs; where there
+  /// are several and g is not a plain read, the host loop computes g once per chunk (a StageTo ahead of
+  /// the outputs reading it) instead of once per output.
   template <std::size_t CB, class C, bool CI, class GE>
   auto route(const C& c, const GE& g) const {
     if constexpr (detail::is_nograd<GE> || !C::requires_grad) return std::tuple<>{};
-    else if constexpr (CI) return backprop<CB, C, false>(c, g);
-    else return std::tuple{detail::GradTo<slot_of<CB, C>, GE>{g}};
+    else if constexpr (CI) {
+      if constexpr (X::stages && GE::kind != Kind::leaf && differentiable_inputs<C> >= 2) {
+        constexpr std::size_t id = slot_of<CB, C>;
+        return std::tuple_cat(std::tuple{detail::StageTo<id, GE>{g}},
+                              backprop<CB, C, false>(c, StageRef<value_t<GE>, shape_t<GE>, id, device_t<GE>>{}));
+      } else {
+        return backprop<CB, C, false>(c, g);
+      }
+    } else {
+      return std::tuple{detail::GradTo<slot_of<CB, C>, GE>{g}};
+    }
   }
+  template <class C>
+  static constexpr std::size_t differentiable_inputs = []<std::size_t... I>(std::index_sequence<I...>) {
+    return (std::size_t{detail::child_t<C, I>::requires_grad} + ... + 0);
+  }(std::make_index_sequence<C::arity>{});
   template <std::size_t R, class... GT>
   void run_grads(const Dims<R>& d, const std::tuple<GT...>& outs) {
-    std::apply([&](const auto&... o) {
-      X::template run_fused<R>(d, (owned_grad(o) && ...), make_grad_out<R>(o, d)...);
-    }, outs);
+    if constexpr (sizeof...(GT) > 0)  // (none: no input of the group needs a gradient)
+      std::apply([&](const auto&... o) {
+        X::template run_fused<R>(d, (owned_grad(o) && ...), make_grad_out<R>(o, d)...);
+      }, outs);
   }
   /// Gradient rows may run on several threads only when they land in owned buffers (not views).
   template <std::size_t Slot, class GE>
   static constexpr bool owned_grad(const detail::GradTo<Slot, GE>&) { return !G::facts[Slot].grad_aliases; }
+  template <std::size_t Id, class GE>
+  static constexpr bool owned_grad(const detail::StageTo<Id, GE>&) { return true; }
+  template <std::size_t R, std::size_t Id, class GE>
+  auto make_grad_out(const detail::StageTo<Id, GE>& o, const Dims<R>& d) const {
+    return X::template make_stage<Id>(o.expr, slots_.data(), d);
+  }
   template <std::size_t R, std::size_t Slot, class GE>
   auto make_grad_out(const detail::GradTo<Slot, GE>& o, const Dims<R>& d) const {
     using T = value_t<GE>;

@@ -55,7 +55,7 @@ struct ChannelGradXhat {  // g * (x - mu_c) * inv_c, with (mu, inv) interleaved 
   }
 };
 /// Turns the channel sums of x and of its squared deviations into (mean, variance) in place and the
-/// kernel's (mean, 1 / sqrt(var + eps)) into stats.
+/// kernel's (mean, 1 / sqrt(var + eps)) into stats (inv_m = 1: stats from a given mean and variance).
 template <class T>
 struct ChannelMoments {
   double* sums;  // [sum x | sum (x - mean)^2] -> [mean | var]
@@ -226,6 +226,8 @@ struct BatchNorm {
   std::shared_ptr<Mode> mode;
   std::shared_ptr<std::vector<double>> running_mean, running_var;
   double momentum = 0.1, eps = 1e-5;
+  /// Device runs: the 2C channel moments copied to the host (sized on the first step, reused after).
+  std::shared_ptr<std::vector<double>> host_moments = std::make_shared<std::vector<double>>();
 
   template <std::size_t R>
   Dims<R> dims(const Dims<R>& x, const Dims<1>& g, const Dims<1>& b) const {
@@ -234,9 +236,15 @@ struct BatchNorm {
                         " channels but the parameters have " + to_string(g));
     return x;
   }
-  /// Per channel: mean and inverse standard deviation used by the last forward.
+  /// Per channel: mean and inverse standard deviation used by the last forward; then (device runs) 2C
+  /// doubles of channel sums (4C elements cover them for float and double).
   template <std::size_t R>
-  std::size_t scratch(const Dims<R>& x, const Dims<1>&, const Dims<1>&) const { return 2 * x[1]; }
+  std::size_t scratch(const Dims<R>& x, const Dims<1>&, const Dims<1>&) const { return 6 * x[1]; }
+  template <class T>
+  static double* channel_sums(T* stats, std::size_t C) {
+    static_assert(sizeof(T) == 4 || sizeof(T) == 8, "loom::nn::batch_norm: float or double");
+    return reinterpret_cast<double*>(stats + 2 * C);  // 8-byte aligned: 2C elements of 4 or 8 bytes
+  }
 
   /// x as [N, C, S] (S = product of the spatial extents); batch norm needs a contiguous input.
   template <class T, std::size_t R>
@@ -318,20 +326,21 @@ struct BatchNorm {
     using namespace norm_kernels;
     const auto [N, C, S] = layout(x, "input");
     const double M = double(N * S);
+    double* sums = channel_sums(stats, C);
+    auto& mv = *host_moments;  // the running statistics live on the host (checkpoints, eval)
+    mv.resize(2 * C);
     if (mode->training) {
-      auto sums = loom::detail::DeviceMemory<Dev>::template allocate<double>(2 * C);
       const ChannelIndex at{C, S};
-      backend::device::segment_sums(C, N * S, ChannelValues<T>{at, x.data}, sums.get());
-      backend::device::segment_sums(C, N * S, ChannelSquares<T>{at, x.data, sums.get(), 1 / M}, sums.get() + C);
-      backend::device::for_n(C, ChannelMoments<T>{sums.get(), C, 1 / M, eps, stats});
-      std::vector<double> mv(2 * C);  // the running statistics live on the host (checkpoints, eval)
-      loom::detail::DeviceMemory<Dev>::to_host(mv.data(), sums.get(), 2 * C);
+      backend::device::segment_sums(C, N * S, ChannelValues<T>{at, x.data}, sums);
+      backend::device::segment_sums(C, N * S, ChannelSquares<T>{at, x.data, sums, 1 / M}, sums + C);
+      backend::device::for_n(C, ChannelMoments<T>{sums, C, 1 / M, eps, stats});
+      loom::detail::DeviceMemory<Dev>::to_host(mv.data(), sums, 2 * C);
       for (std::size_t c = 0; c < C; ++c) update_running(c, mv[c], mv[C + c], M);
-    } else {
-      std::vector<T> st(2 * C);
-      for (std::size_t c = 0; c < C; ++c)
-        st[2 * c] = T((*running_mean)[c]), st[2 * c + 1] = T(1 / std::sqrt((*running_var)[c] + eps));
-      loom::detail::DeviceMemory<Dev>::from_host(stats, st.data(), 2 * C);
+    } else {  // [running mean | running variance] to the device, turned into stats there
+      std::copy(running_mean->begin(), running_mean->end(), mv.begin());
+      std::copy(running_var->begin(), running_var->end(), mv.begin() + static_cast<std::ptrdiff_t>(C));
+      loom::detail::DeviceMemory<Dev>::from_host(sums, mv.data(), 2 * C);
+      backend::device::for_n(C, ChannelMoments<T>{sums, C, 1.0, eps, stats});
     }
     backend::device::for_n(N * C * S, Normalize<T>{C, S, x.data, out.data, stats, gamma.data, gamma.strides[0], beta.data,
                                                    beta.strides[0]});
@@ -346,14 +355,14 @@ struct BatchNorm {
     const auto [N, C, S] = layout(x.first, "input");
     layout(x.second, "input gradient");
     const ChannelIndex at{C, S};
-    auto sums = loom::detail::DeviceMemory<Dev>::template allocate<double>(2 * C);  // [sum g | sum g * xhat]
-    backend::device::segment_sums(C, N * S, ChannelValues<T>{at, g.data}, sums.get());
-    backend::device::segment_sums(C, N * S, ChannelGradXhat<T>{at, g.data, x.first.data, stats}, sums.get() + C);
+    double* sums = channel_sums(stats, C);  // [sum g | sum g * xhat]
+    backend::device::segment_sums(C, N * S, ChannelValues<T>{at, g.data}, sums);
+    backend::device::segment_sums(C, N * S, ChannelGradXhat<T>{at, g.data, x.first.data, stats}, sums + C);
     if (gamma.second.data || beta.second.data)
-      backend::device::for_n(C, AffineGrads<T>{sums.get() + C, sums.get(), gamma.second.data, gamma.second.strides[0],
+      backend::device::for_n(C, AffineGrads<T>{sums + C, sums, gamma.second.data, gamma.second.strides[0],
                                                beta.second.data, beta.second.strides[0]});
     if (x.second.data)
-      backend::device::for_n(N * C * S, ChannelInputGrad<T>{C, S, g.data, x.first.data, x.second.data, stats, sums.get(),
+      backend::device::for_n(N * C * S, ChannelInputGrad<T>{C, S, g.data, x.first.data, x.second.data, stats, sums,
                                                             gamma.first.data, gamma.first.strides[0], double(N * S),
                                                             mode->training});
   }
@@ -434,7 +443,9 @@ struct LayerNorm {
   }
   /// Mean and inverse standard deviation of every row.
   template <std::size_t R>
-  std::size_t scratch(const Dims<R>& x, const Dims<1>&, const Dims<1>&) const { return 2 * numel(x) / std::max<std::size_t>(1, x[R - 1]); }
+  std::size_t scratch(const Dims<R>& x, const Dims<1>&, const Dims<1>&) const {
+    return 2 * numel(x) / std::max<std::size_t>(1, x[R - 1]) + 4 * x[R - 1];  // (mean, rstd) per row; 2D doubles (device)
+  }
   /// Runs f(row k) for every row, on OpenMP threads when there is enough work.
   template <class F>
   static void each_row(std::size_t rows, std::size_t D, F&& f) {
@@ -539,11 +550,12 @@ struct LayerNorm {
       backend::device::for_n(rows, norm_kernels::RowInputGrad<T, R>{x.first.data, xl, gy.data, gl, x.second.data,
                                                                    Layout<R>::of(x.second), D, g.first.data, g.first.strides[0], stats});
     if (!g.second.data && !b.second.data) return;
-    auto sums = loom::detail::DeviceMemory<Dev>::template allocate<double>(2 * D);  // [sum g | sum g * xhat] per column
-    backend::device::segment_sums(D, rows, norm_kernels::ColumnTerm<T, R>{x.first.data, xl, gy.data, gl, stats, false}, sums.get());
+    static_assert(sizeof(T) == 4 || sizeof(T) == 8, "loom::nn::layer_norm: float or double");
+    auto* sums = reinterpret_cast<double*>(stats + 2 * rows);  // [sum g | sum g * xhat] per column (8-byte aligned)
+    backend::device::segment_sums(D, rows, norm_kernels::ColumnTerm<T, R>{x.first.data, xl, gy.data, gl, stats, false}, sums);
     backend::device::segment_sums(D, rows, norm_kernels::ColumnTerm<T, R>{x.first.data, xl, gy.data, gl, stats, true},
-                                  sums.get() + D);
-    backend::device::for_n(D, norm_kernels::AffineGrads<T>{sums.get() + D, sums.get(), g.second.data, g.second.strides[0],
+                                  sums + D);
+    backend::device::for_n(D, norm_kernels::AffineGrads<T>{sums + D, sums, g.second.data, g.second.strides[0],
                                                            b.second.data, b.second.strides[0]});
   }
 };

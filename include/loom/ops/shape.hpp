@@ -203,6 +203,7 @@ struct Concat {
       r[ax] += x[ax];
     };
     (add(d), ...);
+    (void)add;  // (unused when d is empty)
     return r;
   }
   /// Calls f(slice of `whole` for input k, k) for each input, in order.

@@ -2,6 +2,8 @@
 // read through broadcast strides, inner rows use Eigen's packet math where every op has it, rows are
 // spread over OpenMP threads when the destinations are owned buffers.
 #pragma once
+#include <algorithm>
+#include <cstddef>
 #include <limits>
 #include <tuple>
 #include <utility>
@@ -23,6 +25,7 @@ using backend::Mode;
 /// Counters the tests read (loops run, elements written); cheap enough to keep always on.
 struct FusedStats {
   std::size_t loops = 0;
+  std::size_t staged = 0;  // values computed once per chunk for several outputs (see StageRef)
 };
 inline FusedStats& fused_stats() {
   static thread_local FusedStats s;
@@ -62,6 +65,7 @@ struct Eval<SlotRef<T, S, Slot, Adj, D>, R> {
   Eval(const SlotRef<T, S, Slot, Adj, D>&, const detail::SlotRec* slots, const Dims<R>& to)
       : a(slot_access<T, S::rank, R>(slots[Slot], Adj, to)) {}
   template <class F> void visit(F&& f) { f(a.st); }
+  template <class F> void link(F&&) {}
   void set_row(const Dims<R>& idx) { a.set_row(idx); }
   bool unit_or_zero() const { return a.inner() == 0 || a.inner() == 1; }
   T at(std::ptrdiff_t j) const { return a.row[j * a.inner()]; }
@@ -77,10 +81,33 @@ struct Eval<Scalar<T, D>, R> {
   T v;
   Eval(const Scalar<T, D>& s, const detail::SlotRec*, const Dims<R>&) : v(s.value) {}
   template <class F> void visit(F&&) {}
+  template <class F> void link(F&&) {}
   void set_row(const Dims<R>&) {}
   bool unit_or_zero() const { return true; }
   T at(std::ptrdiff_t) const { return v; }
   template <class P> P packet(std::ptrdiff_t) const { return ei::pset1<P>(v); }
+};
+
+/// A chunk of a staged value (see StageRef): element j of the current row is data[j - j0].
+struct StageBuf {
+  void* data = nullptr;
+  std::ptrdiff_t j0 = 0;
+};
+/// The longest run of a row that one pass over the outputs covers (run_fused cuts rows into chunks).
+inline constexpr std::ptrdiff_t chunk_size = 4096;
+
+template <class T, class S, std::size_t Id, class D, std::size_t R>
+struct Eval<StageRef<T, S, Id, D>, R> {
+  using value_type = T;
+  static constexpr bool packetable = FloatDtype<T>;
+  const StageBuf* sb = nullptr;
+  Eval(const StageRef<T, S, Id, D>&, const detail::SlotRec*, const Dims<R>&) {}
+  template <class F> void visit(F&&) {}  // chunk-local: no strides to merge
+  template <class F> void link(F&& f) { f(Id, sb); }
+  void set_row(const Dims<R>&) {}
+  bool unit_or_zero() const { return true; }
+  T at(std::ptrdiff_t j) const { return static_cast<const T*>(sb->data)[j - sb->j0]; }
+  template <class P> P packet(std::ptrdiff_t j) const { return ei::ploadu<P>(static_cast<const T*>(sb->data) + (j - sb->j0)); }
 };
 
 template <class Op, class P, class... A>
@@ -101,6 +128,9 @@ struct Eval<Node<Op, A...>, R> {
       : op(n.op), c(Eval<A, R>(n.template arg<I>(), slots, to)...) {}
   template <class F> void visit(F&& f) {
     [&]<std::size_t... I>(std::index_sequence<I...>) { (detail::get<I>(c).visit(f), ...); }(Idx{});
+  }
+  template <class F> void link(F&& f) {
+    [&]<std::size_t... I>(std::index_sequence<I...>) { (detail::get<I>(c).link(f), ...); }(Idx{});
   }
   void set_row(const Dims<R>& idx) {
     [&]<std::size_t... I>(std::index_sequence<I...>) { (detail::get<I>(c).set_row(idx), ...); }(Idx{});
@@ -128,7 +158,9 @@ struct Out {
   bool packet_ok = false;         // an elementwise row: packets in, packets out
   bool reduce_packet_ok = false;  // a row reduced into one element: packets accumulated, then folded
 
+  static constexpr bool is_stage = false;
   template <class F> void visit(F&& f) { f(d.st); e.visit(f); }
+  template <class F> void link(F&& f) { e.link(f); }
   void set_row(const Dims<R>& idx) { d.set_row(idx); e.set_row(idx); }
   static T combine(T a, T b) {
     if constexpr (M == Mode::assign) return b;
@@ -182,9 +214,70 @@ struct Out {
   }
 };
 
+/// Computes a staged value (StageRef<.., Id>) over each chunk into a buffer of the loop, ahead of the
+/// outputs that read it.
+template <std::size_t Id, class T, std::size_t R, class E>
+struct StageOut {
+  static constexpr bool is_stage = true;
+  static constexpr std::size_t id = Id;
+  using value_type = T;
+  Eval<E, R> e;
+  StageBuf* sb = nullptr;
+  bool packet_ok = false;
+  template <class F> void visit(F&& f) { e.visit(f); }
+  template <class F> void link(F&& f) { e.link(f); }
+  void set_row(const Dims<R>& idx) { e.set_row(idx); }
+  void row(std::ptrdiff_t j0, std::ptrdiff_t j1) {
+    sb->j0 = j0;
+    T* out = static_cast<T*>(sb->data) - j0;  // out[j], j in [j0, j1)
+    std::ptrdiff_t j = j0;
+    if constexpr (Eval<E, R>::packetable && std::is_same_v<T, typename Eval<E, R>::value_type>) {
+      using P = typename ei::packet_traits<T>::type;
+      constexpr std::ptrdiff_t W = ei::unpacket_traits<P>::size;
+      if (packet_ok && W > 1)
+        for (; j + W <= j1; j += W) ei::pstoreu(out + j, e.template packet<P>(j));
+    }
+    for (; j < j1; ++j) out[j] = static_cast<T>(e.at(j));
+  }
+};
+
+template <class O>
+constexpr std::size_t stage_size() {
+  if constexpr (O::is_stage) return sizeof(typename O::value_type);
+  else return 1;
+}
+
 template <Mode M, class T, std::size_t R, class E>
 Out<M, T, R, E> make_out(Access<T, R> d, const E& expr, const detail::SlotRec* slots, const Dims<R>& dims) {
   return Out<M, T, R, E>{d, Eval<E, R>(expr, slots, dims)};
+}
+
+/// Runs body with a chunk buffer on this thread's stack for each staged value among the outputs, linked
+/// to the outputs that read it (no heap: 2 * chunk_size elements each).
+template <class Body, class... O>
+void with_stages(Body&& body, O&... o) {
+  constexpr std::size_t stages = (std::size_t{O::is_stage} + ... + 0);
+  if constexpr (stages == 0) {
+    body();
+  } else {
+    constexpr std::size_t stage_bytes = 2 * chunk_size * std::max({stage_size<O>()...});
+    alignas(64) std::byte storage[stages * stage_bytes];
+    StageBuf bufs[stages];
+    std::size_t k = 0;
+    auto own = [&](auto& out) {
+      if constexpr (std::remove_cvref_t<decltype(out)>::is_stage) {
+        StageBuf* b = &bufs[k];
+        b->data = storage + k++ * stage_bytes;
+        out.sb = b;
+        constexpr std::size_t id = std::remove_cvref_t<decltype(out)>::id;
+        (o.link([&](std::size_t want, const StageBuf*& p) {
+          if (want == id) p = b;
+        }), ...);
+      }
+    };
+    (own(o), ...);
+    body();
+  }
 }
 
 /// Runs every output over the extents `dims` in one loop nest. `parallel` says the destinations are
@@ -192,10 +285,13 @@ Out<M, T, R, E> make_out(Access<T, R> d, const E& expr, const detail::SlotRec* s
 template <std::size_t R, class... O>
 void run_fused(Dims<R> dims, bool parallel, O... outs) {
   ++fused_stats().loops;
+  fused_stats().staged += (std::size_t{O::is_stage} + ... + 0);
   if (numel(dims) == 0) return;
   if constexpr (R == 0) {
-    (outs.set_row(dims), ...);
-    (outs.row(0, 1), ...);
+    with_stages([&] {
+      (outs.set_row(dims), ...);
+      (outs.row(0, 1), ...);
+    }, outs...);
   } else {
     // Merge axes that every access walks as one run (and drop unit axes) so rows get long; the row
     // axis is always R-1, outer axes become extent 1.
@@ -221,10 +317,14 @@ void run_fused(Dims<R> dims, bool parallel, O... outs) {
     }
     bool zero_outer = false, zero_inner = false;  // a destination reduced over outer axes / along rows
     auto mark = [&](auto& o) {
-      o.packet_ok = o.d.inner() == 1 && o.e.unit_or_zero();
-      o.reduce_packet_ok = o.d.inner() == 0 && o.e.unit_or_zero();
-      for (std::size_t k = 0; k + 1 < R; ++k) zero_outer = zero_outer || (o.d.st[k] == 0 && dims[k] > 1);
-      zero_inner = zero_inner || (o.d.inner() == 0 && dims[R - 1] > 1);
+      if constexpr (std::remove_cvref_t<decltype(o)>::is_stage) {
+        o.packet_ok = o.e.unit_or_zero();  // written chunk-local and contiguous
+      } else {
+        o.packet_ok = o.d.inner() == 1 && o.e.unit_or_zero();
+        o.reduce_packet_ok = o.d.inner() == 0 && o.e.unit_or_zero();
+        for (std::size_t k = 0; k + 1 < R; ++k) zero_outer = zero_outer || (o.d.st[k] == 0 && dims[k] > 1);
+        zero_inner = zero_inner || (o.d.inner() == 0 && dims[R - 1] > 1);
+      }
     };
     (mark(outs), ...);
     const std::size_t rows = numel(dims) / dims[R - 1];
@@ -232,27 +332,28 @@ void run_fused(Dims<R> dims, bool parallel, O... outs) {
     // Long rows are cut into chunks: every output runs over one chunk before the next, so the operands
     // of a multi-output loop (a backward writing several gradients) stay in cache, and a single long
     // row (a 1-D tensor) can still be shared between threads.
-    constexpr std::ptrdiff_t chunk_size = 4096;
     const std::ptrdiff_t chunk = n > 2 * chunk_size ? chunk_size : n;
     const std::size_t per_row = static_cast<std::size_t>((n + chunk - 1) / chunk), items = rows * per_row;
     auto run_items = [&](std::size_t i0, std::size_t i1, auto... o) {
       if (i0 >= i1) return;
-      Dims<R> idx{};
-      std::size_t r = i0 / per_row, c = i0 % per_row;
-      for (std::size_t k = R - 1; k-- > 0;) idx[k] = r % dims[k], r /= dims[k];
-      (o.set_row(idx), ...);
-      for (std::size_t i = i0; i < i1; ++i) {
-        const std::ptrdiff_t j0 = static_cast<std::ptrdiff_t>(c) * chunk;
-        (o.row(j0, std::min(j0 + chunk, n)), ...);
-        if (++c == per_row && i + 1 < i1) {
-          c = 0;
-          for (std::size_t k = R - 1; k-- > 0;) {
-            if (++idx[k] < dims[k]) break;
-            idx[k] = 0;
+      with_stages([&] {
+        Dims<R> idx{};
+        std::size_t r = i0 / per_row, c = i0 % per_row;
+        for (std::size_t k = R - 1; k-- > 0;) idx[k] = r % dims[k], r /= dims[k];
+        (o.set_row(idx), ...);
+        for (std::size_t i = i0; i < i1; ++i) {
+          const std::ptrdiff_t j0 = static_cast<std::ptrdiff_t>(c) * chunk;
+          (o.row(j0, std::min(j0 + chunk, n)), ...);
+          if (++c == per_row && i + 1 < i1) {
+            c = 0;
+            for (std::size_t k = R - 1; k-- > 0;) {
+              if (++idx[k] < dims[k]) break;
+              idx[k] = 0;
+            }
+            (o.set_row(idx), ...);
           }
-          (o.set_row(idx), ...);
         }
-      }
+      }, o...);
     };
 #ifdef _OPENMP
     // Rows reduced into their own element may run on different threads; chunks of one reduced row
@@ -308,6 +409,12 @@ struct Exec<loom::cpu> {
   template <Mode M, class T, std::size_t R, class E>
   static auto make_out(Access<T, R> d, const E& expr, const detail::SlotRec* slots, const Dims<R>& dims) {
     return cpu::make_out<M>(d, expr, slots, dims);
+  }
+  /// The host's loops compute a value shared by several outputs once per chunk (see StageRef).
+  static constexpr bool stages = true;
+  template <std::size_t Id, class E, std::size_t R>
+  static auto make_stage(const E& expr, const detail::SlotRec* slots, const Dims<R>& dims) {
+    return cpu::StageOut<Id, value_t<E>, R, E>{cpu::Eval<E, R>(expr, slots, dims)};
   }
   template <std::size_t R, class... O>
   static void run_fused(Dims<R> dims, bool parallel, O... outs) { cpu::run_fused<R>(dims, parallel, outs...); }

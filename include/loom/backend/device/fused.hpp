@@ -2,13 +2,19 @@
 // becomes a trivially copyable evaluator (leaf pointers and broadcast strides, op structs by value) that
 // a Thrust for_each runs once per element: a chain and all its non-reducing outputs are one kernel.
 // Outputs that reduce (a sum, a max, the gradient of a broadcast operand) run one thread per output
-// element, or, for few outputs with long reductions, split over partial results reduced again.
+// element when the reduced axes are outer ones (adjacent threads read adjacent elements); on CUDA a
+// reduction along the innermost axis (a row sum, softmax's max) runs one block per output element,
+// combined by CUB's BlockReduce (the same kernel); few outputs with long reductions are split over
+// partial results reduced again.
 #pragma once
 #include <thrust/for_each.h>
 #include <thrust/iterator/counting_iterator.h>
 
 #include <cuda/atomic>
 #include <algorithm>
+#if defined(LOOM_CUDA)
+#include <cub/block/block_reduce.cuh>
+#endif
 #include <limits>
 
 #include "../../expr/expr.hpp"
@@ -153,6 +159,8 @@ struct ElementwiseKernel {
 /// Output element j of a reducing output: its kept axes from j, the reduced ones looped over.
 template <std::size_t R, class O>
 struct ReduceKernel {
+  using value_type = typename O::value_type;
+  static constexpr Mode mode = O::mode;
   Arr<std::size_t, R> kept, red;  // extents of the kept axes (reduced ones 1) and of the reduced axes
   std::size_t n_red;
   O out;
@@ -162,15 +170,17 @@ struct ReduceKernel {
     for (std::size_t k = 0; k < R; ++k) a[k] += b[k];
     return a;
   }
-  LOOM_HOST_DEVICE typename O::value_type value(std::size_t j, std::size_t r) const {
-    return static_cast<typename O::value_type>(out.e.at(index(j, r)));
+  LOOM_HOST_DEVICE value_type value(std::size_t j, std::size_t r) const {
+    return static_cast<value_type>(out.e.at(index(j, r)));
+  }
+  LOOM_HOST_DEVICE void store(std::size_t j, value_type acc) const {
+    value_type& x = out.d.base[offset(index(j, 0), out.d.st)];
+    x = combine<O::mode>(x, acc);
   }
   LOOM_HOST_DEVICE void operator()(std::size_t j) const {
-    using T = typename O::value_type;
-    T acc = value(j, 0);
+    value_type acc = value(j, 0);
     for (std::size_t r = 1; r < n_red; ++r) acc = combine<O::mode>(acc, value(j, r));
-    T& x = out.d.base[offset(index(j, 0), out.d.st)];
-    x = combine<O::mode>(x, acc);
+    store(j, acc);
   }
 };
 #if defined(LOOM_CUDA)
@@ -231,6 +241,42 @@ void reduce_into(std::size_t n, const F& f, V* dst, bool into) {
   reduce_into<M>(parts, ArrayTerm<V>{tmp.get()}, dst, into);
 }
 
+#if defined(LOOM_CUDA)
+template <Mode M>
+struct CombineOp {
+  template <class V>
+  __device__ V operator()(const V& a, const V& b) const { return combine<M>(a, b); }
+};
+/// The reducing outputs' one kernel (one instantiation per output type, its expression inlined once):
+/// `per_block` — a block of 256 threads per output element, reading adjacent terms (a reduction along
+/// the innermost axis), combined by CUB's BlockReduce; otherwise a thread per output element (adjacent
+/// threads read adjacent elements when the reduced axes are outer ones).
+template <class K>
+__global__ void __launch_bounds__(256) reduce_kernel(K k, std::size_t n_out, bool per_block) {
+  using V = typename K::value_type;
+  using Reduce = cub::BlockReduce<V, 256>;
+  __shared__ typename Reduce::TempStorage tmp;
+  const std::size_t j0 = per_block ? blockIdx.x : static_cast<std::size_t>(blockIdx.x) * 256 + threadIdx.x;
+  const std::size_t j_step = per_block ? gridDim.x : static_cast<std::size_t>(gridDim.x) * 256;
+  const std::size_t r0 = per_block ? threadIdx.x : 0, r_step = per_block ? 256 : 1;
+  for (std::size_t j = j0; j < n_out; j += j_step) {  // (per block: uniform over the block)
+    V acc{};
+    for (std::size_t r = r0; r < k.n_red; r += r_step) {
+      const V v = k.value(j, r);
+      acc = r == r0 ? v : combine<K::mode>(acc, v);
+    }
+    if (!per_block) {
+      k.store(j, acc);
+      continue;
+    }
+    const int valid = static_cast<int>(k.n_red < 256 ? k.n_red : 256);
+    const V all = Reduce(tmp).Reduce(acc, CombineOp<K::mode>{}, valid);
+    if (threadIdx.x == 0) k.store(j, all);
+    __syncthreads();  // tmp is reused by the next output element
+  }
+}
+#endif
+
 template <std::size_t R, class O>
 struct ReduceValue {  // the r-th term of output element j
   ReduceKernel<R, O> k;
@@ -254,7 +300,17 @@ void run_reduce(const Dims<R>& dims, const O& o) {
       reduce_into<O::mode>(k.n_red, ReduceValue<R, O>{k, j}, o.d.base + offset(k.index(j, 0), o.d.st), true);
     return;
   }
+#if defined(LOOM_CUDA)
+  bool per_block = false;  // along the innermost axis: a block per output element
+  if constexpr (R > 0) per_block = k.red[R - 1] > 1 && k.n_red >= 32;
+  const std::size_t blocks = per_block ? n_out : (n_out + 255) / 256;
+  reduce_kernel<<<static_cast<unsigned>(std::min<std::size_t>(blocks, std::size_t{1} << 16)), 256, 0,
+                  loom::device::current_stream()>>>(k, n_out, per_block);
+  LOOM_CUDA_CHECK(cudaGetLastError());
+  ++kernel_stats().kernels;
+#else
   launch(n_out, k);
+#endif
 }
 
 template <std::size_t R, class O>
@@ -342,6 +398,7 @@ namespace loom::backend {
 /// The device's fused loops (see Exec in backend/exec.hpp).
 template <>
 struct Exec<loom::cuda> {
+  static constexpr bool stages = false;  // a thread per element: shared values are recomputed, not staged
   template <class T, std::size_t R>
   using Access = device::Access<T, R>;
   template <class T, std::size_t R>
