@@ -21,6 +21,14 @@ namespace ops {
 /// (double accumulation, as on the host); the elementwise passes are one thread per element or row.
 namespace norm_kernels {
 using loom::detail::Layout;
+/// The doubles a norm's device backward or forward accumulates into: its scratch after the first
+/// `used` elements of T (the scratch is allocated aligned, and `used` elements of 4 or 8 bytes keep
+/// that 8-byte alignment when `used` is even).
+template <class T>
+double* double_workspace(T* scratch, std::size_t used) {
+  static_assert(sizeof(T) == 4 || sizeof(T) == 8, "loom::nn norms: float or double");
+  return reinterpret_cast<double*>(scratch + used);
+}
 /// Offset of term i of channel c of a contiguous [N, C, S] tensor (i runs over N * S).
 struct ChannelIndex {
   std::size_t C, S;
@@ -240,11 +248,6 @@ struct BatchNorm {
   /// doubles of channel sums (4C elements cover them for float and double).
   template <std::size_t R>
   std::size_t scratch(const Dims<R>& x, const Dims<1>&, const Dims<1>&) const { return 6 * x[1]; }
-  template <class T>
-  static double* channel_sums(T* stats, std::size_t C) {
-    static_assert(sizeof(T) == 4 || sizeof(T) == 8, "loom::nn::batch_norm: float or double");
-    return reinterpret_cast<double*>(stats + 2 * C);  // 8-byte aligned: 2C elements of 4 or 8 bytes
-  }
 
   /// x as [N, C, S] (S = product of the spatial extents); batch norm needs a contiguous input.
   template <class T, std::size_t R>
@@ -326,7 +329,7 @@ struct BatchNorm {
     using namespace norm_kernels;
     const auto [N, C, S] = layout(x, "input");
     const double M = double(N * S);
-    double* sums = channel_sums(stats, C);
+    double* sums = double_workspace(stats, 2 * C);
     auto& mv = *host_moments;  // the running statistics live on the host (checkpoints, eval)
     mv.resize(2 * C);
     if (mode->training) {
@@ -355,7 +358,7 @@ struct BatchNorm {
     const auto [N, C, S] = layout(x.first, "input");
     layout(x.second, "input gradient");
     const ChannelIndex at{C, S};
-    double* sums = channel_sums(stats, C);  // [sum g | sum g * xhat]
+    double* sums = double_workspace(stats, 2 * C);  // [sum g | sum g * xhat]
     backend::device::segment_sums(C, N * S, ChannelValues<T>{at, g.data}, sums);
     backend::device::segment_sums(C, N * S, ChannelGradXhat<T>{at, g.data, x.first.data, stats}, sums + C);
     if (gamma.second.data || beta.second.data)
@@ -550,8 +553,7 @@ struct LayerNorm {
       backend::device::for_n(rows, norm_kernels::RowInputGrad<T, R>{x.first.data, xl, gy.data, gl, x.second.data,
                                                                    Layout<R>::of(x.second), D, g.first.data, g.first.strides[0], stats});
     if (!g.second.data && !b.second.data) return;
-    static_assert(sizeof(T) == 4 || sizeof(T) == 8, "loom::nn::layer_norm: float or double");
-    auto* sums = reinterpret_cast<double*>(stats + 2 * rows);  // [sum g | sum g * xhat] per column (8-byte aligned)
+    double* sums = norm_kernels::double_workspace(stats, 2 * rows);  // [sum g | sum g * xhat] per column
     backend::device::segment_sums(D, rows, norm_kernels::ColumnTerm<T, R>{x.first.data, xl, gy.data, gl, stats, false}, sums);
     backend::device::segment_sums(D, rows, norm_kernels::ColumnTerm<T, R>{x.first.data, xl, gy.data, gl, stats, true},
                                   sums + D);
