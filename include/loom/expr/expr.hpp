@@ -184,7 +184,6 @@ struct SlotRef : LeafBase<T, S, D> {
 template <Dtype T, ShapeType S, std::size_t Id, Device D = cpu>
 struct StageRef : LeafBase<T, S, D> {
   static constexpr bool requires_grad = false;
-  static constexpr std::size_t stage = Id;
 };
 
 // ---- interior nodes --------------------------------------------------------------------------------------
