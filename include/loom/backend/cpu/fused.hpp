@@ -221,23 +221,18 @@ struct StageOut {
   static constexpr bool is_stage = true;
   static constexpr std::size_t id = Id;
   using value_type = T;
-  Eval<E, R> e;
+  Out<Mode::assign, T, R, E> out;  // writes the chunk buffer: unit inner stride, its row set per chunk
   StageBuf* sb = nullptr;
-  bool packet_ok = false;
-  template <class F> void visit(F&& f) { e.visit(f); }
-  template <class F> void link(F&& f) { e.link(f); }
-  void set_row(const Dims<R>& idx) { e.set_row(idx); }
+  explicit StageOut(Eval<E, R> e) : out{{}, std::move(e)} {
+    if constexpr (R > 0) out.d.st[R - 1] = 1;
+  }
+  template <class F> void visit(F&& f) { out.e.visit(f); }
+  template <class F> void link(F&& f) { out.e.link(f); }
+  void set_row(const Dims<R>& idx) { out.e.set_row(idx); }
   void row(std::ptrdiff_t j0, std::ptrdiff_t j1) {
     sb->j0 = j0;
-    T* out = static_cast<T*>(sb->data) - j0;  // out[j], j in [j0, j1)
-    std::ptrdiff_t j = j0;
-    if constexpr (Eval<E, R>::packetable && std::is_same_v<T, typename Eval<E, R>::value_type>) {
-      using P = typename ei::packet_traits<T>::type;
-      constexpr std::ptrdiff_t W = ei::unpacket_traits<P>::size;
-      if (packet_ok && W > 1)
-        for (; j + W <= j1; j += W) ei::pstoreu(out + j, e.template packet<P>(j));
-    }
-    for (; j < j1; ++j) out[j] = static_cast<T>(e.at(j));
+    out.d.row = static_cast<T*>(sb->data) - j0;  // element j of the chunk at row[j], j in [j0, j1)
+    out.row(j0, j1);
   }
 };
 
@@ -318,7 +313,7 @@ void run_fused(Dims<R> dims, bool parallel, O... outs) {
     bool zero_outer = false, zero_inner = false;  // a destination reduced over outer axes / along rows
     auto mark = [&](auto& o) {
       if constexpr (std::remove_cvref_t<decltype(o)>::is_stage) {
-        o.packet_ok = o.e.unit_or_zero();  // written chunk-local and contiguous
+        o.out.packet_ok = o.out.e.unit_or_zero();  // written chunk-local and contiguous
       } else {
         o.packet_ok = o.d.inner() == 1 && o.e.unit_or_zero();
         o.reduce_packet_ok = o.d.inner() == 0 && o.e.unit_or_zero();
@@ -414,7 +409,7 @@ struct Exec<loom::cpu> {
   static constexpr bool stages = true;
   template <std::size_t Id, class E, std::size_t R>
   static auto make_stage(const E& expr, const detail::SlotRec* slots, const Dims<R>& dims) {
-    return cpu::StageOut<Id, value_t<E>, R, E>{cpu::Eval<E, R>(expr, slots, dims)};
+    return cpu::StageOut<Id, value_t<E>, R, E>(cpu::Eval<E, R>(expr, slots, dims));
   }
   template <std::size_t R, class... O>
   static void run_fused(Dims<R> dims, bool parallel, O... outs) { cpu::run_fused<R>(dims, parallel, outs...); }
