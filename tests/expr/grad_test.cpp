@@ -40,7 +40,9 @@ TEST_CASE("grad: symbolic gradients equal the compiled backward") {
 TEST_CASE("grad: grad of grad gives Hessian-vector products (vs finite differences)") {
   auto w = param<Shape<4, 3>>(35);
   auto x = param<Shape<6, 4>>(36);
-  auto f = [&] { return sum(pow(tanh(matmul(x, w)), 2) + max<1>(matmul(x, w), keepdims) * 0.3); };
+  auto f = [&] {  // tanh and sigmoid: their slopes (TanhSlope, SigmoidSlope) are differentiated here
+    return sum(pow(tanh(matmul(x, w)), 2) + sigmoid(matmul(x, w) * 0.7) * 0.5 + max<1>(matmul(x, w), keepdims) * 0.3);
+  };
   Generator gen(37);
   auto v = uniform<double, Shape<4, 3>>(gen, -1, 1);
   // H v = d/dw <grad f(w), v>
