@@ -201,16 +201,25 @@ struct Out {
     std::ptrdiff_t j = j0;
     if constexpr (Eval<E, R>::packetable && std::is_same_v<T, typename Eval<E, R>::value_type>) {
       using P = typename ei::packet_traits<T>::type;
-      constexpr std::ptrdiff_t W = ei::unpacket_traits<P>::size;
-      if (packet_ok && W > 1)
-        for (; j + W <= j1; j += W) {
-          P v = e.template packet<P>(j);
-          if constexpr (M == Mode::add) v = ei::padd(ei::ploadu<P>(out + j), v);
-          else if constexpr (M == Mode::max) v = ei::pmax(ei::ploadu<P>(out + j), v);
-          ei::pstoreu(out + j, v);
-        }
+      if (packet_ok && ei::unpacket_traits<P>::size > 1) j = store_packets<P>(out, j, j1);
     }
     for (; j < j1; ++j) out[j * di] = combine(out[j * di], static_cast<T>(e.at(j)));
+  }
+  /// Writes [j, j1) of a unit-stride row in packets of P, then the rest in its half-width packets (so a
+  /// row that is not a multiple of 16 lanes leaves at most 3 elements to the scalar loop); returns the
+  /// first element not written.
+  template <class P>
+  std::ptrdiff_t store_packets(T* out, std::ptrdiff_t j, std::ptrdiff_t j1) {
+    constexpr std::ptrdiff_t W = ei::unpacket_traits<P>::size;
+    for (; j + W <= j1; j += W) {
+      P v = e.template packet<P>(j);
+      if constexpr (M == Mode::add) v = ei::padd(ei::ploadu<P>(out + j), v);
+      else if constexpr (M == Mode::max) v = ei::pmax(ei::ploadu<P>(out + j), v);
+      ei::pstoreu(out + j, v);
+    }
+    using H = typename ei::unpacket_traits<P>::half;
+    if constexpr (!std::is_same_v<H, P>) return store_packets<H>(out, j, j1);
+    else return j;
   }
 };
 
