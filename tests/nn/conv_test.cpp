@@ -53,6 +53,7 @@ TEST_CASE("conv2d: finite-difference gradients (stride, padding, dilation)") {
   loom::testing::gradcheck([&] { return conv2d(x, w) + b; }, x, w, b);
   loom::testing::gradcheck([&] { return conv2d<2, 1>(x, w); }, x, w);
   loom::testing::gradcheck([&] { return conv2d<1, 2, 2>(x, w); }, x, w);
+  loom::testing::gradcheck([&] { return conv2d<3, 2, 2>(x, w); }, x, w);  // padding read on both sides of a row
   loom::testing::gradcheck([&] { return max_pool2d<2>(tanh(conv2d<1, 1>(x, w))); }, x, w);
 }
 

@@ -47,14 +47,26 @@ struct Conv2d {
     return x[1] * w[2] * w[3] * o[2] * o[3];
   }
 
+  /// The output columns [lo, hi) whose input column ow * S + kj * D - P lies inside [0, W): the rest
+  /// read padding. Lets im2col / col2im run branch-free (and as plain copies at stride 1).
+  static std::pair<std::size_t, std::size_t> valid_columns(std::size_t kj, std::size_t W, std::size_t WO) {
+    const auto off = static_cast<std::ptrdiff_t>(kj * D) - static_cast<std::ptrdiff_t>(P);  // iw = ow * S + off
+    const std::ptrdiff_t lo = off >= 0 ? 0 : (-off + static_cast<std::ptrdiff_t>(S) - 1) / static_cast<std::ptrdiff_t>(S);
+    const std::ptrdiff_t last = static_cast<std::ptrdiff_t>(W) - 1 - off;  // ow * S <= last
+    const std::ptrdiff_t hi = last < 0 ? 0 : std::min<std::ptrdiff_t>(static_cast<std::ptrdiff_t>(WO), last / static_cast<std::ptrdiff_t>(S) + 1);
+    return {static_cast<std::size_t>(std::min(lo, hi)), static_cast<std::size_t>(hi)};
+  }
   template <class T>
   static void im2col(const detail::View<T, 4>& x, std::size_t n, const Dims<4>& w, const Dims<4>& o, T* col) {
     const std::size_t C = x.dims[1], H = x.dims[2], W = x.dims[3], KH = w[2], KW = w[3], HO = o[2], WO = o[3];
     const T* base = x.data + static_cast<std::ptrdiff_t>(n) * x.strides[0];
+    const std::ptrdiff_t step = static_cast<std::ptrdiff_t>(S) * x.strides[3];
     for (std::size_t c = 0; c < C; ++c)
       for (std::size_t ki = 0; ki < KH; ++ki)
         for (std::size_t kj = 0; kj < KW; ++kj) {
           T* row = col + ((c * KH + ki) * KW + kj) * HO * WO;
+          const auto [lo, hi] = valid_columns(kj, W, WO);
+          const auto iw0 = static_cast<std::ptrdiff_t>(lo * S + kj * D) - static_cast<std::ptrdiff_t>(P);
           for (std::size_t oh = 0; oh < HO; ++oh) {
             const auto ih = static_cast<std::ptrdiff_t>(oh * S + ki * D) - static_cast<std::ptrdiff_t>(P);
             T* r = row + oh * WO;
@@ -62,11 +74,12 @@ struct Conv2d {
               std::fill_n(r, WO, T{0});
               continue;
             }
-            const T* src = base + static_cast<std::ptrdiff_t>(c) * x.strides[1] + ih * x.strides[2];
-            for (std::size_t ow = 0; ow < WO; ++ow) {
-              const auto iw = static_cast<std::ptrdiff_t>(ow * S + kj * D) - static_cast<std::ptrdiff_t>(P);
-              r[ow] = (iw < 0 || iw >= static_cast<std::ptrdiff_t>(W)) ? T{0} : src[iw * x.strides[3]];
-            }
+            const T* src = base + static_cast<std::ptrdiff_t>(c) * x.strides[1] + ih * x.strides[2] + iw0 * x.strides[3];
+            std::fill_n(r, lo, T{0});
+            if (step == 1) std::copy_n(src, hi - lo, r + lo);
+            else
+              for (std::size_t ow = lo; ow < hi; ++ow) r[ow] = src[static_cast<std::ptrdiff_t>(ow - lo) * step];
+            std::fill_n(r + hi, WO - hi, T{0});
           }
         }
   }
@@ -74,18 +87,22 @@ struct Conv2d {
   static void col2im_add(const T* col, const detail::View<T, 4>& dx, std::size_t n, const Dims<4>& w, const Dims<4>& o) {
     const std::size_t C = dx.dims[1], H = dx.dims[2], W = dx.dims[3], KH = w[2], KW = w[3], HO = o[2], WO = o[3];
     T* base = dx.data + static_cast<std::ptrdiff_t>(n) * dx.strides[0];
+    const std::ptrdiff_t step = static_cast<std::ptrdiff_t>(S) * dx.strides[3];
     for (std::size_t c = 0; c < C; ++c)
       for (std::size_t ki = 0; ki < KH; ++ki)
         for (std::size_t kj = 0; kj < KW; ++kj) {
           const T* row = col + ((c * KH + ki) * KW + kj) * HO * WO;
+          const auto [lo, hi] = valid_columns(kj, W, WO);
+          const auto iw0 = static_cast<std::ptrdiff_t>(lo * S + kj * D) - static_cast<std::ptrdiff_t>(P);
           for (std::size_t oh = 0; oh < HO; ++oh) {
             const auto ih = static_cast<std::ptrdiff_t>(oh * S + ki * D) - static_cast<std::ptrdiff_t>(P);
             if (ih < 0 || ih >= static_cast<std::ptrdiff_t>(H)) continue;
-            T* dst = base + static_cast<std::ptrdiff_t>(c) * dx.strides[1] + ih * dx.strides[2];
-            for (std::size_t ow = 0; ow < WO; ++ow) {
-              const auto iw = static_cast<std::ptrdiff_t>(ow * S + kj * D) - static_cast<std::ptrdiff_t>(P);
-              if (iw >= 0 && iw < static_cast<std::ptrdiff_t>(W)) dst[iw * dx.strides[3]] += row[oh * WO + ow];
-            }
+            T* dst = base + static_cast<std::ptrdiff_t>(c) * dx.strides[1] + ih * dx.strides[2] + iw0 * dx.strides[3];
+            const T* r = row + oh * WO;
+            if (step == 1)
+              for (std::size_t ow = lo; ow < hi; ++ow) dst[ow - lo] += r[ow];
+            else
+              for (std::size_t ow = lo; ow < hi; ++ow) dst[static_cast<std::ptrdiff_t>(ow - lo) * step] += r[ow];
           }
         }
   }

@@ -129,9 +129,17 @@ void gemm(const detail::View<T, 2>& C, const detail::View<T, 2>& A, const detail
   using namespace detail_gemm;
   const std::size_t M = A.dims[0], K = A.dims[1], N = B.dims[1];
   if (M == 0 || N == 0) return;
-  if (!accumulate)
-    for (std::size_t i = 0; i < M; ++i)
-      for (std::size_t j = 0; j < N; ++j) C.data[i * C.strides[0] + j * C.strides[1]] = T{0};
+  if (!accumulate) {  // Eigen's kernel accumulates: clear C first, a contiguous run at a time
+    const bool rows = C.strides[1] == 1, cols = !rows && C.strides[0] == 1;
+    const std::size_t outer = cols ? N : M, inner = cols ? M : N;
+    const std::ptrdiff_t os = cols ? C.strides[1] : C.strides[0], is = cols ? 1 : C.strides[1];
+    for (std::size_t i = 0; i < outer; ++i) {
+      T* r = C.data + static_cast<std::ptrdiff_t>(i) * os;
+      if (is == 1) std::fill_n(r, inner, T{0});
+      else
+        for (std::size_t j = 0; j < inner; ++j) r[static_cast<std::ptrdiff_t>(j) * is] = T{0};
+    }
+  }
   if (K == 0) return;
   if ((M == 1 || N == 1) && gemv(C, A, B)) return;
   // Eigen's kernel writes a column-major C; a row-major C is the column-major C^T = B^T A^T.
