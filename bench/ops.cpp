@@ -62,9 +62,10 @@ void BM_chain_fwd_eigen(benchmark::State& s, bool bwd) {
     }
     t = (a * b + c).tanh();  // the forward keeps tanh for the backward
     out = t * 0.5f + a;
-    gc += 0.5f * (1.0f - t.square());
-    ga += gc * b + 1.0f;  // (hand-fused: gc holds dt; the three gradients in three passes)
-    gb += gc * a;
+    t = 0.5f * (1.0f - t.square());  // the backward: t becomes dt, then the three gradients
+    gc += t;
+    ga += t * b + 1.0f;
+    gb += t * a;
     benchmark::DoNotOptimize(gb.data());
   });
 }
