@@ -56,55 +56,60 @@ struct Conv2d {
     const std::ptrdiff_t hi = last < 0 ? 0 : std::min<std::ptrdiff_t>(static_cast<std::ptrdiff_t>(WO), last / static_cast<std::ptrdiff_t>(S) + 1);
     return {static_cast<std::size_t>(std::min(lo, hi)), static_cast<std::size_t>(hi)};
   }
-  template <class T>
-  static void im2col(const detail::View<T, 4>& x, std::size_t n, const Dims<4>& w, const Dims<4>& o, T* col) {
+  /// Walks one sample's im2col matrix [Cin*K*K, Hout*Wout] a row of Wout columns at a time: calls
+  /// run(row, at, lo, hi) for every row, where the columns [lo, hi) read the input and the rest read
+  /// padding; when hi > lo, `at` is the offset (in elements, from the tensor's start) of the input
+  /// element that column lo reads, and column ow reads at + (ow - lo) * S * stride_w. One walk serves the
+  /// gather (im2col) and the scatter-add (col2im).
+  template <class T, class Run>
+  static void for_each_run(const detail::View<T, 4>& x, std::size_t n, const Dims<4>& w, const Dims<4>& o, Run&& run) {
     const std::size_t C = x.dims[1], H = x.dims[2], W = x.dims[3], KH = w[2], KW = w[3], HO = o[2], WO = o[3];
-    const T* base = x.data + static_cast<std::ptrdiff_t>(n) * x.strides[0];
-    const std::ptrdiff_t step = static_cast<std::ptrdiff_t>(S) * x.strides[3];
+    const std::ptrdiff_t sample = static_cast<std::ptrdiff_t>(n) * x.strides[0];
     for (std::size_t c = 0; c < C; ++c)
       for (std::size_t ki = 0; ki < KH; ++ki)
         for (std::size_t kj = 0; kj < KW; ++kj) {
-          T* row = col + ((c * KH + ki) * KW + kj) * HO * WO;
+          const std::size_t row = ((c * KH + ki) * KW + kj) * HO;
           const auto [lo, hi] = valid_columns(kj, W, WO);
           const auto iw0 = static_cast<std::ptrdiff_t>(lo * S + kj * D) - static_cast<std::ptrdiff_t>(P);
           for (std::size_t oh = 0; oh < HO; ++oh) {
             const auto ih = static_cast<std::ptrdiff_t>(oh * S + ki * D) - static_cast<std::ptrdiff_t>(P);
-            T* r = row + oh * WO;
-            if (ih < 0 || ih >= static_cast<std::ptrdiff_t>(H)) {
-              std::fill_n(r, WO, T{0});
+            if (ih < 0 || ih >= static_cast<std::ptrdiff_t>(H) || hi == lo) {
+              run(row + oh, std::ptrdiff_t{0}, std::size_t{0}, std::size_t{0});
               continue;
             }
-            const T* src = base + static_cast<std::ptrdiff_t>(c) * x.strides[1] + ih * x.strides[2] + iw0 * x.strides[3];
-            std::fill_n(r, lo, T{0});
-            if (step == 1) std::copy_n(src, hi - lo, r + lo);
-            else
-              for (std::size_t ow = lo; ow < hi; ++ow) r[ow] = src[static_cast<std::ptrdiff_t>(ow - lo) * step];
-            std::fill_n(r + hi, WO - hi, T{0});
+            run(row + oh, sample + static_cast<std::ptrdiff_t>(c) * x.strides[1] + ih * x.strides[2] + iw0 * x.strides[3], lo, hi);
           }
         }
   }
   template <class T>
+  static void im2col(const detail::View<T, 4>& x, std::size_t n, const Dims<4>& w, const Dims<4>& o, T* col) {
+    const std::size_t WO = o[3];
+    const std::ptrdiff_t step = static_cast<std::ptrdiff_t>(S) * x.strides[3];
+    for_each_run(x, n, w, o, [&](std::size_t row, std::ptrdiff_t at, std::size_t lo, std::size_t hi) {
+      T* r = col + row * WO;
+      std::fill_n(r, lo, T{0});
+      if (hi > lo) {
+        const T* src = x.data + at;
+        if (step == 1) std::copy_n(src, hi - lo, r + lo);
+        else
+          for (std::size_t ow = lo; ow < hi; ++ow) r[ow] = src[static_cast<std::ptrdiff_t>(ow - lo) * step];
+      }
+      std::fill_n(r + hi, WO - hi, T{0});
+    });
+  }
+  template <class T>
   static void col2im_add(const T* col, const detail::View<T, 4>& dx, std::size_t n, const Dims<4>& w, const Dims<4>& o) {
-    const std::size_t C = dx.dims[1], H = dx.dims[2], W = dx.dims[3], KH = w[2], KW = w[3], HO = o[2], WO = o[3];
-    T* base = dx.data + static_cast<std::ptrdiff_t>(n) * dx.strides[0];
+    const std::size_t WO = o[3];
     const std::ptrdiff_t step = static_cast<std::ptrdiff_t>(S) * dx.strides[3];
-    for (std::size_t c = 0; c < C; ++c)
-      for (std::size_t ki = 0; ki < KH; ++ki)
-        for (std::size_t kj = 0; kj < KW; ++kj) {
-          const T* row = col + ((c * KH + ki) * KW + kj) * HO * WO;
-          const auto [lo, hi] = valid_columns(kj, W, WO);
-          const auto iw0 = static_cast<std::ptrdiff_t>(lo * S + kj * D) - static_cast<std::ptrdiff_t>(P);
-          for (std::size_t oh = 0; oh < HO; ++oh) {
-            const auto ih = static_cast<std::ptrdiff_t>(oh * S + ki * D) - static_cast<std::ptrdiff_t>(P);
-            if (ih < 0 || ih >= static_cast<std::ptrdiff_t>(H)) continue;
-            T* dst = base + static_cast<std::ptrdiff_t>(c) * dx.strides[1] + ih * dx.strides[2] + iw0 * dx.strides[3];
-            const T* r = row + oh * WO;
-            if (step == 1)
-              for (std::size_t ow = lo; ow < hi; ++ow) dst[ow - lo] += r[ow];
-            else
-              for (std::size_t ow = lo; ow < hi; ++ow) dst[static_cast<std::ptrdiff_t>(ow - lo) * step] += r[ow];
-          }
-        }
+    for_each_run(dx, n, w, o, [&](std::size_t row, std::ptrdiff_t at, std::size_t lo, std::size_t hi) {
+      if (hi == lo) return;
+      T* dst = dx.data + at;
+      const T* r = col + row * WO;
+      if (step == 1)
+        for (std::size_t ow = lo; ow < hi; ++ow) dst[ow - lo] += r[ow];
+      else
+        for (std::size_t ow = lo; ow < hi; ++ow) dst[static_cast<std::ptrdiff_t>(ow - lo) * step] += r[ow];
+    });
   }
   template <class T>
   static detail::View<T, 2> weight_matrix(const detail::View<T, 4>& w) {
