@@ -176,22 +176,7 @@ struct Out {
       T acc{};
       bool started = false;
       if constexpr (Eval<E, R>::packetable && std::is_same_v<T, typename Eval<E, R>::value_type>) {
-        using P = typename ei::packet_traits<T>::type;
-        constexpr std::ptrdiff_t W = ei::unpacket_traits<P>::size;
-        auto fold = [](const P& a, const P& b) {
-          if constexpr (M == Mode::add) return ei::padd(a, b);
-          else return ei::pmax(a, b);
-        };
-        if (reduce_packet_ok && W > 1 && j1 - j0 >= 2 * W) {
-          P a0 = e.template packet<P>(j), a1 = e.template packet<P>(j + W);  // two chains hide latency
-          for (j += 2 * W; j + 2 * W <= j1; j += 2 * W)
-            a0 = fold(a0, e.template packet<P>(j)), a1 = fold(a1, e.template packet<P>(j + W));
-          for (; j + W <= j1; j += W) a0 = fold(a0, e.template packet<P>(j));
-          a0 = fold(a0, a1);
-          if constexpr (M == Mode::add) acc = ei::predux(a0);
-          else acc = ei::predux_max(a0);
-          started = true;
-        }
+        if (reduce_packet_ok) j = reduce_packets<typename ei::packet_traits<T>::type>(j, j1, acc, started);
       }
       if (!started) acc = e.at(j++);
       for (; j < j1; ++j) acc = combine(acc, e.at(j));
@@ -204,6 +189,35 @@ struct Out {
       if (packet_ok && ei::unpacket_traits<P>::size > 1) j = store_packets<P>(out, j, j1);
     }
     for (; j < j1; ++j) out[j * di] = combine(out[j * di], static_cast<T>(e.at(j)));
+  }
+  /// Folds [j, j1) of a unit-stride row into acc in packets of P (two accumulators to hide the latency),
+  /// then the rest in its half-width packets, like store_packets; returns the first element not folded.
+  template <class P>
+  std::ptrdiff_t reduce_packets(std::ptrdiff_t j, std::ptrdiff_t j1, T& acc, bool& started) const {
+    constexpr std::ptrdiff_t W = ei::unpacket_traits<P>::size;
+    if (W > 1 && j + W <= j1) {
+      auto fold = [](const P& a, const P& b) {
+        if constexpr (M == Mode::add) return ei::padd(a, b);
+        else return ei::pmax(a, b);
+      };
+      P a0 = e.template packet<P>(j);
+      j += W;
+      if (j + W <= j1) {
+        P a1 = e.template packet<P>(j);
+        for (j += W; j + 2 * W <= j1; j += 2 * W)
+          a0 = fold(a0, e.template packet<P>(j)), a1 = fold(a1, e.template packet<P>(j + W));
+        a0 = fold(a0, a1);
+      }
+      for (; j + W <= j1; j += W) a0 = fold(a0, e.template packet<P>(j));
+      T r;
+      if constexpr (M == Mode::add) r = ei::predux(a0);
+      else r = ei::predux_max(a0);
+      acc = started ? combine(acc, r) : r;
+      started = true;
+    }
+    using H = typename ei::unpacket_traits<P>::half;
+    if constexpr (!std::is_same_v<H, P>) return reduce_packets<H>(j, j1, acc, started);
+    else return j;
   }
   /// Writes [j, j1) of a unit-stride row in packets of P, then the rest in its half-width packets (so a
   /// row that is not a multiple of 16 lanes leaves at most 3 elements to the scalar loop); returns the
