@@ -43,6 +43,17 @@ TEST_CASE("gradcheck: matmul") {
     auto b = param<Shape<5, 4>>(17);
     gradcheck([&] { return matmul(transpose(a), transpose(b)); }, a, b);
   }
+  SUBCASE("depth-1 products (outer products, batch-1 layers)") {
+    auto a = param<Shape<5, 1>>(24);
+    auto b = param<Shape<1, 6>>(25);
+    auto x = param<Shape<1, 4>>(26);
+    auto w = param<Shape<3, 4>>(27);
+    auto v = param<Shape<4, 3>>(28);
+    gradcheck([&] { return matmul(a, b) * 2.0; }, a, b);                       // C = a b^T, row by row
+    gradcheck([&] { return matmul(a, slice<1>(b, 0, 6, 2)); }, a, b);           // strided b: the general kernel
+    gradcheck([&] { return tanh(matmul(x, v)); }, x, v);                         // dv = x^T g into rows of v's grad
+    gradcheck([&] { return tanh(matmul(x, transpose(w))); }, x, w);             // d(w^T) = x^T g into columns of w's grad
+  }
   SUBCASE("chain with elementwise") {
     auto w1 = param<Shape<4, 6>>(18);
     auto w2 = param<Shape<6, 2>>(19);

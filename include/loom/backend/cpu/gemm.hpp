@@ -121,6 +121,32 @@ bool gemv(const loom::detail::View<T, 2>& C, const loom::detail::View<T, 2>& A, 
   return run(C.data, M, C.strides[0], A.data, A.strides[0], A.strides[1], B.data, B.strides[0]);
 }
 
+/// C = a b^T or C += a b^T for a product of depth 1 (a batch-1 weight gradient x^T g): one streaming pass
+/// over C, row by row (or column by column), with no packing and no separate clearing pass. False when
+/// neither C's rows nor its columns are contiguous together with the matching operand.
+template <class T>
+bool rank1(const loom::detail::View<T, 2>& C, const loom::detail::View<T, 2>& A, const loom::detail::View<T, 2>& B, bool accumulate) {
+  using Vec = Eigen::Matrix<T, Eigen::Dynamic, 1>;
+  // C's line i (length L, contiguous) (+)= s_i * v, v contiguous of length L.
+  auto lines = [&](T* c, std::ptrdiff_t cs, std::size_t n, std::size_t L, const T* s, std::ptrdiff_t ss, const T* v) {
+    Eigen::Map<const Vec> vv(v, static_cast<Index>(L));
+    for (std::size_t i = 0; i < n; ++i) {
+      Eigen::Map<Vec> ci(c + static_cast<std::ptrdiff_t>(i) * cs, static_cast<Index>(L));
+      const T si = s[static_cast<std::ptrdiff_t>(i) * ss];
+      if (accumulate) ci += si * vv;
+      else ci = si * vv;
+    }
+  };
+  const std::size_t M = A.dims[0], N = B.dims[1];
+  if ((C.strides[1] == 1 || N == 1) && (B.strides[1] == 1 || N == 1))  // rows: C[i, :] (+)= A[i, 0] B[0, :]
+    lines(C.data, C.strides[0], M, N, A.data, A.strides[0], B.data);
+  else if ((C.strides[0] == 1 || M == 1) && (A.strides[0] == 1 || M == 1))  // columns: C[:, j] (+)= B[0, j] A[:, 0]
+    lines(C.data, C.strides[1], N, M, B.data, B.strides[1], A.data);
+  else
+    return false;
+  return true;
+}
+
 }  // namespace detail_gemm
 
 /// C = A * B, or C += A * B when `accumulate`.
@@ -129,6 +155,7 @@ void gemm(const detail::View<T, 2>& C, const detail::View<T, 2>& A, const detail
   using namespace detail_gemm;
   const std::size_t M = A.dims[0], K = A.dims[1], N = B.dims[1];
   if (M == 0 || N == 0) return;
+  if (K == 1 && rank1(C, A, B, accumulate)) return;
   if (!accumulate) {  // Eigen's kernel accumulates: clear C first, a contiguous run at a time
     const bool rows = C.strides[1] == 1, cols = !rows && C.strides[0] == 1;
     const std::size_t outer = cols ? N : M, inner = cols ? M : N;
