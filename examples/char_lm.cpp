@@ -79,8 +79,7 @@ int train_and_sample(const Options& o, const data::Corpus& corpus, Net& net, std
       if (!training) continue;
       optim::clip_grad_norm(params, o.clip);
       opt.options().lr = optim::cosine_lr(o.lr, std::size_t(epoch - 1) * steps + n, steps * std::size_t(o.epochs), 20);
-      opt.step();
-      opt.zero_grad();
+      opt.step_and_zero_grad();
       if (++n % 10 == 0 || n == steps) progress(epoch, n, steps, t0, total / double(tokens));
     }
     return total / double(tokens);

@@ -129,7 +129,7 @@ int train(const Options& o) {
       total += step.forward(dev(b.x), dev(b.y)).item();
       step.backward();
       const double lr = o.schedule == "cosine" ? optim::cosine_lr(o.lr, global_step++, total_steps) : o.lr;
-      std::visit([lr](auto& op) { op.options().lr = lr; op.step(); op.zero_grad(); }, opt);
+      std::visit([lr](auto& op) { op.options().lr = lr; op.step_and_zero_grad(); }, opt);
       if (++n % 25 == 0 || n == loader.size()) progress(epoch, n, loader.size(), t0, total / double(n));
     }
     const double secs = std::chrono::duration<double>(Clock::now() - t0).count();

@@ -35,8 +35,7 @@ int fit() {
   for (int it = 0; it <= 2000; ++it) {
     const float loss = step.forward(xd, yd).template to<cpu>().item();
     step.backward();
-    sgd.step();
-    sgd.zero_grad();
+    sgd.step_and_zero_grad();
     if (it % 400 == 0) std::printf("step %4d  mse %.5f\n", it, loss);
   }
   std::printf("\n%s", step.describe().c_str());

@@ -87,14 +87,20 @@ void forward_backward(benchmark::State& s, Program& p, const Cost& c = {}) {
     p.backward();
   });
 }
-/// Times a training step: zero_grad, forward, backward and the optimizer's update.
+/// Times a training step: forward, backward, the optimizer's update and clearing the gradients (in
+/// the update's pass where the optimizer has step_and_zero_grad(), else a zero_grad() of its own).
 template <class Program, class Optimizer>
 void step(benchmark::State& s, Program& p, Optimizer& opt, const Cost& c = {}) {
+  opt.zero_grad();
   run(s, c, [&] {
-    opt.zero_grad();
     p.forward();
     p.backward();
-    opt.step();
+    if constexpr (requires { opt.step_and_zero_grad(); }) {
+      opt.step_and_zero_grad();
+    } else {
+      opt.step();
+      opt.zero_grad();
+    }
   });
 }
 

@@ -2,6 +2,8 @@
 // init bounds, cross-entropy against PyTorch and by finite differences, optimizers against PyTorch.
 #include <loom/loom.hpp>
 
+#include <algorithm>
+
 #include "../support/fixtures.hpp"
 #include "../support/gradcheck.hpp"
 
@@ -80,18 +82,27 @@ TEST_CASE("nn: cross-entropy and the other losses pass finite-difference checks"
 
 TEST_CASE("optim: SGD, Adam and AdamW follow PyTorch's trajectories") {
   auto run = [&](const std::string& name, auto make) {
-    CAPTURE(name);
-    const auto& c = nn_fixtures().at(name);
-    Param<float, Shape<3, 4>> p;
-    const auto p0 = tagged(c, "p0").at(0);
-    std::copy(p0.begin(), p0.end(), p.value().data());
-    std::vector<nn::ParamRef<float>> refs{{"p", p.value().data(), p.grad().data(), 12, {3, 4}}};
-    auto opt = make(refs);
-    const auto gs = tagged(c, "g"), ps = tagged(c, "p");
-    for (std::size_t t = 0; t < gs.size(); ++t) {
-      std::copy(gs[t].begin(), gs[t].end(), p.grad().data());
-      opt.step();
-      compare(std::vector<float>(p.value().data(), p.value().data() + 12), ps[t], "param", 1e-6f, 1e-5f);
+    for (const bool fused_zero : {false, true}) {  // step(), and step_and_zero_grad() (the same update, grads cleared)
+      CAPTURE(name);
+      CAPTURE(fused_zero);
+      const auto& c = nn_fixtures().at(name);
+      Param<float, Shape<3, 4>> p;
+      const auto p0 = tagged(c, "p0").at(0);
+      std::copy(p0.begin(), p0.end(), p.value().data());
+      std::vector<nn::ParamRef<float>> refs{{"p", p.value().data(), p.grad().data(), 12, {3, 4}}};
+      auto opt = make(refs);
+      const auto gs = tagged(c, "g"), ps = tagged(c, "p");
+      for (std::size_t t = 0; t < gs.size(); ++t) {
+        std::copy(gs[t].begin(), gs[t].end(), p.grad().data());
+        if (fused_zero) {
+          opt.step_and_zero_grad();
+          CHECK(std::all_of(p.grad().data(), p.grad().data() + 12, [](float g) { return g == 0.0f; }));
+        } else {
+          opt.step();
+          CHECK(std::equal(gs[t].begin(), gs[t].end(), p.grad().data()));  // step() leaves the gradient alone
+        }
+        compare(std::vector<float>(p.value().data(), p.value().data() + 12), ps[t], "param", 1e-6f, 1e-5f);
+      }
     }
   };
   run("sgd_momentum_nesterov_wd", [](auto r) {

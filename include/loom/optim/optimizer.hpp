@@ -45,14 +45,16 @@ class Optimizer {
 };
 
 namespace detail {
-template <class T>
+/// The update functors: one element of one parameter per call; with Clear, the gradient element is
+/// zeroed once read (step_and_zero_grad: the clearing rides along the update's pass).
+template <class T, bool Clear>
 struct SGDUpdate {
-  T *value, *buf;
-  const T* grad;
+  T *value, *buf, *grad;
   T lr, mu, damp, wd;
   bool first, nesterov;
   LOOM_HOST_DEVICE void operator()(std::size_t k) const {
     T d = grad[k] + wd * value[k];
+    if constexpr (Clear) grad[k] = T{0};
     if (mu != 0) {
       buf[k] = first ? d : mu * buf[k] + (1 - damp) * d;
       d = nesterov ? d + mu * buf[k] : buf[k];
@@ -60,13 +62,13 @@ struct SGDUpdate {
     value[k] -= lr * d;
   }
 };
-template <class T, bool Decoupled>
+template <class T, bool Decoupled, bool Clear>
 struct AdamUpdate {
-  T *value, *m, *v;
-  const T* grad;
+  T *value, *m, *v, *grad;
   T lr, b1, b2, eps, wd, step_size, sbc2;
   LOOM_HOST_DEVICE void operator()(std::size_t k) const {
     T g = grad[k];
+    if constexpr (Clear) grad[k] = T{0};
     if constexpr (Decoupled) value[k] *= 1 - lr * wd;
     else g += wd * value[k];
     m[k] = b1 * m[k] + (1 - b1) * g;
@@ -74,13 +76,13 @@ struct AdamUpdate {
     value[k] -= step_size * m[k] / (std::sqrt(v[k]) / sbc2 + eps);
   }
 };
-template <class T>
+template <class T, bool Clear>
 struct RMSpropUpdate {
-  T *value, *sq, *buf;
-  const T* grad;
+  T *value, *sq, *buf, *grad;
   T lr, a, eps, wd, mu;
   LOOM_HOST_DEVICE void operator()(std::size_t k) const {
     const T g = grad[k] + wd * value[k];
+    if constexpr (Clear) grad[k] = T{0};
     sq[k] = a * sq[k] + (1 - a) * g * g;
     const T d = g / (std::sqrt(sq[k]) + eps);
     if (mu != 0) {
@@ -99,14 +101,9 @@ class SGD : public Optimizer<T, D> {
   using Options = SGDOptions;
   using typename Optimizer<T, D>::Buffer;
   SGD(std::vector<nn::ParamRef<T, D>> params, Options o) : Optimizer<T, D>(std::move(params)), o_(o), buf_(this->state(1)) {}
-  void step() {
-    const T lr = T(o_.lr), mu = T(o_.momentum), damp = T(o_.dampening), wd = T(o_.weight_decay);
-    for (std::size_t i = 0; i < this->params_.size(); ++i) {
-      auto& p = this->params_[i];
-      backend::each<D>(p.size, detail::SGDUpdate<T>{p.value, buf_[i].data(), p.grad, lr, mu, damp, wd, steps_ == 0, o_.nesterov});
-    }
-    ++steps_;
-  }
+  void step() { update<false>(); }
+  /// step() then zero_grad() in one pass over each parameter (the update clears the gradient it read).
+  void step_and_zero_grad() { update<true>(); }
   Options& options() { return o_; }
   /// Named state buffers (for checkpoints) and the step count.
   std::vector<std::pair<std::string, Buffer*>> state_buffers() {
@@ -117,6 +114,15 @@ class SGD : public Optimizer<T, D> {
   std::size_t& step_count() { return steps_; }
 
  private:
+  template <bool Clear>
+  void update() {
+    const T lr = T(o_.lr), mu = T(o_.momentum), damp = T(o_.dampening), wd = T(o_.weight_decay);
+    for (std::size_t i = 0; i < this->params_.size(); ++i) {
+      auto& p = this->params_[i];
+      backend::each<D>(p.size, detail::SGDUpdate<T, Clear>{p.value, buf_[i].data(), p.grad, lr, mu, damp, wd, steps_ == 0, o_.nesterov});
+    }
+    ++steps_;
+  }
   Options o_;
   std::vector<Buffer> buf_;
   std::size_t steps_ = 0;
@@ -130,18 +136,9 @@ class AdamBase : public Optimizer<T, D> {
   using typename Optimizer<T, D>::Buffer;
   AdamBase(std::vector<nn::ParamRef<T, D>> params, Options o)
       : Optimizer<T, D>(std::move(params)), o_(o), m_(this->state(1)), v_(this->state(1)) {}
-  void step() {
-    ++t_;
-    const double bc1 = 1 - std::pow(o_.beta1, double(t_)), bc2 = 1 - std::pow(o_.beta2, double(t_));
-    const detail::AdamUpdate<T, Decoupled> u{nullptr, nullptr, nullptr, nullptr, T(o_.lr), T(o_.beta1), T(o_.beta2), T(o_.eps),
-                                             T(o_.weight_decay), T(o_.lr / bc1), T(std::sqrt(bc2))};
-    for (std::size_t i = 0; i < this->params_.size(); ++i) {
-      auto& p = this->params_[i];
-      auto ui = u;
-      ui.value = p.value, ui.m = m_[i].data(), ui.v = v_[i].data(), ui.grad = p.grad;
-      backend::each<D>(p.size, ui);
-    }
-  }
+  void step() { update<false>(); }
+  /// step() then zero_grad() in one pass over each parameter (the update clears the gradient it read).
+  void step_and_zero_grad() { update<true>(); }
   Options& options() { return o_; }
   std::vector<std::pair<std::string, Buffer*>> state_buffers() {
     std::vector<std::pair<std::string, Buffer*>> r;
@@ -154,6 +151,19 @@ class AdamBase : public Optimizer<T, D> {
   std::size_t& step_count() { return t_; }
 
  private:
+  template <bool Clear>
+  void update() {
+    ++t_;
+    const double bc1 = 1 - std::pow(o_.beta1, double(t_)), bc2 = 1 - std::pow(o_.beta2, double(t_));
+    const detail::AdamUpdate<T, Decoupled, Clear> u{nullptr, nullptr, nullptr, nullptr, T(o_.lr), T(o_.beta1), T(o_.beta2),
+                                                    T(o_.eps), T(o_.weight_decay), T(o_.lr / bc1), T(std::sqrt(bc2))};
+    for (std::size_t i = 0; i < this->params_.size(); ++i) {
+      auto& p = this->params_[i];
+      auto ui = u;
+      ui.value = p.value, ui.m = m_[i].data(), ui.v = v_[i].data(), ui.grad = p.grad;
+      backend::each<D>(p.size, ui);
+    }
+  }
   Options o_;
   std::vector<Buffer> m_, v_;
   std::size_t t_ = 0;
@@ -180,14 +190,9 @@ class RMSprop : public Optimizer<T, D> {
   using typename Optimizer<T, D>::Buffer;
   RMSprop(std::vector<nn::ParamRef<T, D>> params, Options o)
       : Optimizer<T, D>(std::move(params)), o_(o), sq_(this->state(1)), buf_(this->state(1)) {}
-  void step() {
-    for (std::size_t i = 0; i < this->params_.size(); ++i) {
-      auto& p = this->params_[i];
-      backend::each<D>(p.size, detail::RMSpropUpdate<T>{p.value, sq_[i].data(), buf_[i].data(), p.grad, T(o_.lr), T(o_.alpha), T(o_.eps),
-                                                  T(o_.weight_decay), T(o_.momentum)});
-    }
-    ++steps_;
-  }
+  void step() { update<false>(); }
+  /// step() then zero_grad() in one pass over each parameter (the update clears the gradient it read).
+  void step_and_zero_grad() { update<true>(); }
   Options& options() { return o_; }
   std::vector<std::pair<std::string, Buffer*>> state_buffers() {
     std::vector<std::pair<std::string, Buffer*>> r;
@@ -200,6 +205,15 @@ class RMSprop : public Optimizer<T, D> {
   std::size_t& step_count() { return steps_; }
 
  private:
+  template <bool Clear>
+  void update() {
+    for (std::size_t i = 0; i < this->params_.size(); ++i) {
+      auto& p = this->params_[i];
+      backend::each<D>(p.size, detail::RMSpropUpdate<T, Clear>{p.value, sq_[i].data(), buf_[i].data(), p.grad, T(o_.lr), T(o_.alpha),
+                                                              T(o_.eps), T(o_.weight_decay), T(o_.momentum)});
+    }
+    ++steps_;
+  }
   Options o_;
   std::vector<Buffer> sq_, buf_;
   std::size_t steps_ = 0;
