@@ -3,6 +3,11 @@
 // whose spatial extents flow through the types.
 #include <loom/loom.hpp>
 
+#include <tuple>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include "../support/fixtures.hpp"
 #include "../support/gradcheck.hpp"
 
@@ -55,6 +60,42 @@ TEST_CASE("conv2d: finite-difference gradients (stride, padding, dilation)") {
   loom::testing::gradcheck([&] { return conv2d<1, 2, 2>(x, w); }, x, w);
   loom::testing::gradcheck([&] { return conv2d<3, 2, 2>(x, w); }, x, w);  // padding read on both sides of a row
   loom::testing::gradcheck([&] { return max_pool2d<2>(tanh(conv2d<1, 1>(x, w))); }, x, w);
+}
+
+TEST_CASE("conv2d: samples split over threads give the one-thread values and gradients") {
+#ifdef _OPENMP
+  const int saved = omp_get_max_threads();
+  auto x = loom::testing::param<Shape<5, 2, 6, 5>>(54);  // 5 samples: uneven splits over 2 and 3 threads
+  auto w = loom::testing::param<Shape<3, 2, 3, 3>>(55);
+  auto y = conv2d<1, 1>(x, w);
+  auto step = compile(sum(y * tanh(y)));
+  auto values = [](const auto& t) {
+    std::vector<double> v;
+    t.for_each([&](const double& e) { v.push_back(e); });
+    return v;
+  };
+  auto run = [&](int threads) {
+    omp_set_num_threads(threads);
+    x.zero_grad(), w.zero_grad();
+    auto v = values(step.forward());
+    step.backward();
+    return std::tuple{v, values(x.grad()), values(w.grad())};
+  };
+  const auto [v1, dx1, dw1] = run(1);
+  for (const int t : {2, 3}) {
+    CAPTURE(t);
+    const auto [v, dx, dw] = run(t);
+    auto same = [](const std::vector<double>& a, const std::vector<double>& b) {  // up to the order of sums
+      REQUIRE(a.size() == b.size());
+      for (std::size_t i = 0; i < a.size(); ++i) CHECK(a[i] == doctest::Approx(b[i]).epsilon(1e-12));
+    };
+    same(v, v1), same(dx, dx1), same(dw, dw1);
+    loom::testing::gradcheck([&] { return conv2d<2, 1>(x, w); }, x, w);
+  }
+  omp_set_num_threads(saved);
+#else
+  MESSAGE("built without OpenMP: conv2d runs its samples on one thread");
+#endif
 }
 
 TEST_CASE("conv2d and max_pool2d match PyTorch") {

@@ -204,32 +204,77 @@ struct Conv2d {
     }
   }
 
+  // ---- host: samples split over OpenMP threads (one parallel region per call; the GEMMs inside run
+  // single-threaded), each thread with its own im2col buffer and, for the weight gradient, its own
+  // partial sum, added into dW in thread order (deterministic for a given thread count) --------------------
+  struct ColTag;
+  struct WeightGradTag;
+  /// Calls body(n0, n1, col, t, nt) on every thread t of nt, samples [n0, n1) each (possibly empty),
+  /// col a buffer of col_size elements: the planned scratch for thread 0, a grow-only thread-local
+  /// one for the others. One call with every sample when there is one thread (or one sample).
+  template <class T, class Body>
+  static void over_samples(std::size_t N, std::size_t col_size, T* col, Body&& body) {
+#ifdef _OPENMP
+    if (N > 1 && omp_get_max_threads() > 1 && !omp_in_parallel()) {
+#pragma omp parallel
+      {
+        const auto t = static_cast<std::size_t>(omp_get_thread_num()), nt = static_cast<std::size_t>(omp_get_num_threads());
+        body(N * t / nt, N * (t + 1) / nt, t == 0 ? col : backend::cpu::detail_gemm::workspace<T, ColTag>(col_size), t, nt);
+      }
+      return;
+    }
+#endif
+    (void)col_size;
+    body(std::size_t{0}, N, col, std::size_t{0}, std::size_t{1});
+  }
   template <class T>
   void forward(const detail::View<T, 4>& out, const detail::View<T, 4>& x, const detail::View<T, 4>& w, T* col) const {
     const auto wm = weight_matrix(w);
     const std::size_t HW = out.dims[2] * out.dims[3];
-    for (std::size_t n = 0; n < x.dims[0]; ++n) {
-      im2col(x, n, w.dims, out.dims, col);
-      backend::cpu::gemm(sample(out, n), wm, detail::View<T, 2>{col, {wm.dims[1], HW}, {static_cast<std::ptrdiff_t>(HW), 1}}, false);
-    }
+    (void)sample(out, 0);  // checks the layout here: nothing may throw on the threads
+    over_samples(x.dims[0], wm.dims[1] * HW, col, [&](std::size_t n0, std::size_t n1, T* c, std::size_t, std::size_t) {
+      for (std::size_t n = n0; n < n1; ++n) {
+        im2col(x, n, w.dims, out.dims, c);
+        backend::cpu::gemm(sample(out, n), wm, detail::View<T, 2>{c, {wm.dims[1], HW}, {static_cast<std::ptrdiff_t>(HW), 1}}, false);
+      }
+    });
   }
   template <class T>
   void backward(const detail::View<T, 4>& g, const detail::View<T, 4>& out,
                 const std::pair<detail::View<T, 4>, detail::View<T, 4>>& x,
                 const std::pair<detail::View<T, 4>, detail::View<T, 4>>& w, T* col) const {
     const auto wm = weight_matrix(w.first);
-    const std::size_t HW = out.dims[2] * out.dims[3];
-    const detail::View<T, 2> cv{col, {wm.dims[1], HW}, {static_cast<std::ptrdiff_t>(HW), 1}};
-    for (std::size_t n = 0; n < x.first.dims[0]; ++n) {
-      if (w.second.data) {
-        im2col(x.first, n, w.first.dims, out.dims, col);
-        backend::cpu::gemm(weight_matrix(w.second), sample(g, n), backend::cpu::transposed(cv), true);
+    const std::size_t HW = out.dims[2] * out.dims[3], R = wm.dims[0], CKK = wm.dims[1];
+    const bool want_w = w.second.data != nullptr, want_x = x.second.data != nullptr;
+    const auto dw = want_w ? weight_matrix(w.second) : detail::View<T, 2>{};
+    (void)sample(g, 0);  // checks the layout here: nothing may throw on the threads
+    over_samples(x.first.dims[0], CKK * HW, col, [&](std::size_t n0, std::size_t n1, T* c, std::size_t t, std::size_t nt) {
+      const detail::View<T, 2> cv{c, {CKK, HW}, {static_cast<std::ptrdiff_t>(HW), 1}};
+      // thread 0 accumulates into dW itself, the others into a partial [R, CKK] of their own
+      T* part = want_w && t > 0 ? backend::cpu::detail_gemm::workspace<T, WeightGradTag>(R * CKK) : nullptr;
+      if (part) std::fill_n(part, R * CKK, T{0});
+      const auto dw_t = part ? detail::View<T, 2>{part, {R, CKK}, {static_cast<std::ptrdiff_t>(CKK), 1}} : dw;
+      for (std::size_t n = n0; n < n1; ++n) {
+        if (want_w) {
+          im2col(x.first, n, w.first.dims, out.dims, c);
+          backend::cpu::gemm(dw_t, sample(g, n), backend::cpu::transposed(cv), true);
+        }
+        if (want_x) {
+          backend::cpu::gemm(cv, backend::cpu::transposed(wm), sample(g, n), false);
+          col2im_add(c, x.second, n, w.first.dims, out.dims);
+        }
       }
-      if (x.second.data) {
-        backend::cpu::gemm(cv, backend::cpu::transposed(wm), sample(g, n), false);
-        col2im_add(col, x.second, n, w.first.dims, out.dims);
+      if (!want_w || nt == 1) return;
+#ifdef _OPENMP
+#pragma omp for ordered schedule(static, 1)
+      for (std::size_t k = 0; k < nt; ++k) {
+#pragma omp ordered
+        if (part)  // iteration k runs on thread k, after thread k - 1 added its partial
+          for (std::size_t i = 0; i < R; ++i)
+            for (std::size_t j = 0; j < CKK; ++j) dw.data[static_cast<std::ptrdiff_t>(i) * dw.strides[0] + static_cast<std::ptrdiff_t>(j)] += part[i * CKK + j];
       }
-    }
+#endif
+    });
   }
 };
 

@@ -58,8 +58,9 @@ struct Blocking : Eigen::internal::level3_blocking<T, T> {
   }
 };
 
-/// Grow-only, per-thread packing memory (allocates only when a larger product first appears).
-template <class T>
+/// Grow-only, per-thread memory, one buffer per Tag (GEMM packing; other kernels' per-thread scratch):
+/// allocates only when a larger request first appears.
+template <class T, class Tag = void>
 T* workspace(std::size_t n) {
   thread_local std::shared_ptr<T> buf;
   thread_local std::size_t cap = 0;
