@@ -16,6 +16,10 @@ struct check_conv2d {
                     "kernel size, or the kernel does not fit (see check_conv2d below)");
   static constexpr bool value = Ok;
 };
+/// Tags of conv2d's per-thread host buffers: one im2col buffer and one weight-gradient partial per
+/// thread, shared by every convolution (grown to the largest; calls never overlap on a thread).
+struct ConvColTag;
+struct ConvWeightGradTag;
 constexpr std::size_t conv_out(std::size_t in, std::size_t k, std::size_t s, std::size_t p, std::size_t d) {
   if (in == dyn || k == dyn) return dyn;
   const std::size_t span = d * (k - 1) + 1;
@@ -207,8 +211,6 @@ struct Conv2d {
   // ---- host: samples split over OpenMP threads (one parallel region per call; the GEMMs inside run
   // single-threaded), each thread with its own im2col buffer and, for the weight gradient, its own
   // partial sum, added into dW in thread order (deterministic for a given thread count) --------------------
-  struct ColTag;
-  struct WeightGradTag;
   /// Calls body(n0, n1, col, t, nt) on every thread t of nt, samples [n0, n1) each (possibly empty),
   /// col a buffer of col_size elements: the planned scratch for thread 0, a grow-only thread-local
   /// one for the others. One call with every sample when there is one thread (or one sample).
@@ -219,7 +221,7 @@ struct Conv2d {
 #pragma omp parallel
       {
         const auto t = static_cast<std::size_t>(omp_get_thread_num()), nt = static_cast<std::size_t>(omp_get_num_threads());
-        body(N * t / nt, N * (t + 1) / nt, t == 0 ? col : backend::cpu::detail_gemm::workspace<T, ColTag>(col_size), t, nt);
+        body(N * t / nt, N * (t + 1) / nt, t == 0 ? col : backend::cpu::detail_gemm::workspace<T, detail::ConvColTag>(col_size), t, nt);
       }
       return;
     }
@@ -251,7 +253,7 @@ struct Conv2d {
     over_samples(x.first.dims[0], CKK * HW, col, [&](std::size_t n0, std::size_t n1, T* c, std::size_t t, std::size_t nt) {
       const detail::View<T, 2> cv{c, {CKK, HW}, {static_cast<std::ptrdiff_t>(HW), 1}};
       // thread 0 accumulates into dW itself, the others into a partial [R, CKK] of their own
-      T* part = want_w && t > 0 ? backend::cpu::detail_gemm::workspace<T, WeightGradTag>(R * CKK) : nullptr;
+      T* part = want_w && t > 0 ? backend::cpu::detail_gemm::workspace<T, detail::ConvWeightGradTag>(R * CKK) : nullptr;
       if (part) std::fill_n(part, R * CKK, T{0});
       const auto dw_t = part ? detail::View<T, 2>{part, {R, CKK}, {static_cast<std::ptrdiff_t>(CKK), 1}} : dw;
       for (std::size_t n = n0; n < n1; ++n) {
