@@ -3,6 +3,8 @@
 #include <doctest/doctest.h>
 #include <loom/loom.hpp>
 
+#include "../support/gradcheck.hpp"
+
 #include <atomic>
 #include <cstdlib>
 #include <new>
@@ -86,8 +88,9 @@ TEST_CASE("program: an elementwise chain and its backward run as one loop each")
   auto& loops = backend::cpu::fused_stats().loops;
 #endif
   step.forward();
-  CHECK(step.stats().buffers == 1);       // the result only
-  CHECK(step.stats().grad_buffers == 1);  // its incoming gradient only
+  CHECK(step.stats().buffers == 2);       // the result, and tanh's value kept for the backward
+  CHECK(step.stats().kept == 1);          // (stored by the same loop that computes it)
+  CHECK(step.stats().grad_buffers == 0);  // the root's incoming gradient is the constant seed 1
   std::size_t before = loops;
   step.forward();
   CHECK(loops - before == 1);
@@ -99,6 +102,57 @@ TEST_CASE("program: an elementwise chain and its backward run as one loop each")
   CHECK(a.grad()(7) == doctest::Approx(0.5f * (1 - t * t) * y + 1));
   CHECK(b.grad()(7) == doctest::Approx(0.5f * (1 - t * t) * x));
   CHECK(c.grad()(7) == doctest::Approx(0.5f * (1 - t * t)));
+}
+
+TEST_CASE("program: a fused tanh, sigmoid or exp keeps its value for the backward") {
+  using loom::testing::gradcheck;
+  using loom::testing::param;
+  SUBCASE("nested kept nodes, in an elementwise group and in a reduction's") {
+    auto a = param<Shape<3, 5>>(11), b = param<Shape<3, 5>>(12);
+    auto c = param<Shape<5>>(13);
+    auto f = [&] { return tanh(sigmoid(a) * b) + exp(a * c); };
+    auto p = compile(f());
+    p.forward();
+    CHECK(p.stats().kept == 3);  // tanh, sigmoid and exp: each fused, each stored once
+    CHECK(p.describe().find("value kept for the backward") != std::string::npos);
+    gradcheck(f, a, b, c);  // (inside sum(f * weights): the kept nodes fuse into the reduction's loop)
+    auto q = compile(sum(exp(a * 0.5) * b));
+    q.forward();
+    CHECK(q.stats().kept == 1);
+    double want = 0;
+    for (std::size_t i = 0; i < 3; ++i)
+      for (std::size_t j = 0; j < 5; ++j) want += std::exp(a.value()(i, j) * 0.5) * b.value()(i, j);
+    CHECK(q.value().item() == doctest::Approx(want));
+  }
+  SUBCASE("a kept node broadcast at run time is stored by a loop over its own extents") {
+    Generator g(21);
+    Tensor<double, Shape<dyn>> av = uniform<double, Shape<dyn>>(g, -1, 1, {1}), ag({1});
+    Tensor<double, Shape<dyn>> bv = uniform<double, Shape<dyn>>(g, -1, 1, {6}), bg({6});
+    Variable<double, Shape<dyn>> a, b;
+    a.bind(av, ag);
+    b.bind(bv, bg);
+    auto p = compile(sum(tanh(a) * b + exp(b)));  // tanh(a) is [1] in a loop over [6]
+    const double loss = p.forward().item();
+    CHECK(p.stats().kept == 2);
+    p.backward();
+    const double t = std::tanh(av(0));
+    double want = 0, want_da = 0;
+    for (std::size_t i = 0; i < 6; ++i) {
+      want += t * bv(i) + std::exp(bv(i));
+      want_da += (1 - t * t) * bv(i);
+      CHECK(bg(i) == doctest::Approx(t + std::exp(bv(i))).epsilon(1e-12));
+    }
+    CHECK(loss == doctest::Approx(want).epsilon(1e-12));
+    CHECK(ag(0) == doctest::Approx(want_da).epsilon(1e-12));
+  }
+  SUBCASE("nothing is kept where no gradient flows") {
+    Generator g(22);
+    Input<float, Shape<4>> x;
+    auto p = compile(tanh(x) * 2.0f + 1.0f);
+    p.forward(uniform<float, Shape<4>>(g, -1, 1));
+    CHECK(p.stats().kept == 0);
+    CHECK(p.stats().buffers == 1);
+  }
 }
 
 TEST_CASE("program: a gradient several outputs of the backward loop need is computed once per chunk") {

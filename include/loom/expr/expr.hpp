@@ -186,6 +186,14 @@ struct StageRef : LeafBase<T, S, D> {
   static constexpr bool requires_grad = false;
 };
 
+/// A fused node's value stored into slot Slot's buffer as the loop computes it, and passed on: how a
+/// forward loop keeps a node its backward reads (Program's kept nodes).
+template <class E, std::size_t Slot>
+struct Tee : LeafBase<typename E::value_type, typename E::shape_type, typename E::device_type> {
+  static constexpr bool requires_grad = false;
+  E expr;
+};
+
 // ---- interior nodes --------------------------------------------------------------------------------------
 
 namespace detail {

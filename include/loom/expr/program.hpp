@@ -91,6 +91,7 @@ struct ProgramStats {
   std::size_t buffers = 0;          ///< value buffers owned by the program
   std::size_t grad_buffers = 0;     ///< gradient buffers owned by the program
   std::size_t deduplicated = 0;     ///< nodes found equal to an earlier one (computed once)
+  std::size_t kept = 0;             ///< fused nodes whose value the forward also stores for the backward
   std::size_t bytes = 0;            ///< bytes of all planned buffers
   std::size_t plans = 0;            ///< times the buffers were (re)planned
 };
@@ -154,11 +155,13 @@ class Program {
     if (!planned_) throw std::logic_error("loom::Program::backward: call forward() first");
     if constexpr (Root::requires_grad) {
       if (adj_end_ > adj_begin_) Mem::zero_bytes(arena_.get() + adj_begin_, adj_end_ - adj_begin_);
-      const auto g = detail::adj_view<value_type, rank>(slots_[N - 1]);  // the seed: d root / d root = 1
-      if constexpr (HostDevice<device_type>)
-        detail::for_each_offset(g.dims, g.strides, [&](std::ptrdiff_t o) { g.data[o] = value_type{1}; });
-      else
-        set_view(g, value_type{1});
+      if constexpr (!constant_seed) {  // the seed: d root / d root = 1
+        const auto g = detail::adj_view<value_type, rank>(slots_[N - 1]);
+        if constexpr (HostDevice<device_type>)
+          detail::for_each_offset(g.dims, g.strides, [&](std::ptrdiff_t o) { g.data[o] = value_type{1}; });
+        else
+          set_view(g, value_type{1});
+      }
       bwd<0, Root, false>(*root_);
     }
   }
@@ -217,6 +220,20 @@ class Program {
 
  private:
   static constexpr std::size_t none = static_cast<std::size_t>(-1);
+  /// An elementwise root's backward loop reads its incoming gradient, the seed d root / d root = 1, as
+  /// the constant it is: no gradient buffer to fill with ones and read back.
+  static constexpr bool constant_seed = Root::kind == Kind::elementwise;
+  /// A fused node whose op is costly and whose vjp reads only its output (ops with keep_output: tanh,
+  /// sigmoid, exp) keeps its value: the loop that computes it inline also stores it, and the backward
+  /// reads it instead of computing it again, as a hand-written backward would. Its gradient still flows
+  /// inside the fused loop (no gradient buffer).
+  template <class E, bool Inl>
+  static constexpr bool kept = [] {
+    if constexpr (Inl && E::requires_grad && is_node<E>::value)
+      return requires { std::remove_cvref_t<decltype(std::declval<const E&>().op)>::keep_output; };
+    else
+      return false;
+  }();
   using K = typename detail::exec_device<device_type>::type;  // whose kernels run it
   using X = backend::Exec<K>;                                  // the device's fused loops
   using Mem = detail::DeviceMemory<device_type>;               // and memory
@@ -409,7 +426,7 @@ class Program {
     };
     for (auto& o : val_off_) o = none;
     for (auto& o : adj_off_) o = none;
-    stats_.buffers = stats_.grad_buffers = 0;
+    stats_.buffers = stats_.grad_buffers = stats_.kept = 0;
     dims_pass<0, Root, false>(*root_, reserve, false);
     adj_begin_ = bytes;
     dims_pass<0, Root, false>(*root_, reserve, true);
@@ -458,7 +475,7 @@ class Program {
         const auto st = contiguous_strides(d);
         for (std::size_t i = 0; i < R; ++i) r.strides[i] = r.adj_strides[i] = st[i];
       }
-      const bool owns = (E::kind == Kind::elementwise && !Inl) || E::kind == Kind::reduce || E::kind == Kind::kernel ||
+      const bool owns = (E::kind == Kind::elementwise && (!Inl || kept<E, Inl>)) || E::kind == Kind::reduce || E::kind == Kind::kernel ||
                         (E::kind == Kind::view && view_copies<Base>(e));
       if (!owns) return;
       std::size_t n = numel(detail::slot_dims<R>(r));
@@ -467,6 +484,7 @@ class Program {
         val_off_[s] = reserve(n * sizeof(T));
         info_[s].bytes = n * sizeof(T);
         ++stats_.buffers;
+        stats_.kept += kept<E, Inl>;
         if constexpr (E::kind == Kind::kernel && has_scratch<E>) {
           const std::size_t k = [&]<std::size_t... I>(std::index_sequence<I...>) {
             return e.op.scratch(detail::slot_dims<shape_t<detail::child_t<E, I>>::rank>(
@@ -475,7 +493,7 @@ class Program {
           scratch_off_[s] = reserve(k * sizeof(T));
           info_[s].bytes += k * sizeof(T);
         }
-      } else if constexpr (E::requires_grad) {
+      } else if constexpr (E::requires_grad && !kept<E, Inl> && !(constant_seed && s == N - 1)) {
         adj_off_[s] = reserve(n * sizeof(T));
         ++stats_.grad_buffers;
       }
@@ -538,25 +556,31 @@ class Program {
   }
 
   // ---- forward -------------------------------------------------------------------------------------------
-  template <std::size_t Base, class E, bool Inl>
+  /// The expression a fused loop evaluates for node E: inlined nodes as their op over their children,
+  /// the rest as reads of their buffers. A kept node is a read too, except in the forward loop that
+  /// computes it (Tee: Store = true), which stores it on the way.
+  template <std::size_t Base, class E, bool Inl, bool Store = false>
   auto bind(const E& e) const {
     if constexpr (is_scalar<E>::value) {
       return e;
-    } else if constexpr (Inl) {
-      return bind_self<Base>(e);
+    } else if constexpr (Inl && !kept<E, Inl>) {
+      return bind_self<Base, Store>(e);
+    } else if constexpr (kept<E, Inl> && Store) {
+      using B = decltype(bind_self<Base, true>(e));
+      return Tee<B, slot_of<Base, E>>{{}, bind_self<Base, true>(e)};
     } else {
       return SlotRef<value_t<E>, shape_t<E>, slot_of<Base, E>, false, device_t<E>>{};
     }
   }
-  template <std::size_t Base, class E>
+  template <std::size_t Base, bool Store = false, class E>
   auto bind_self(const E& e) const {
     return [&]<std::size_t... I>(std::index_sequence<I...>) {
       return Node<std::remove_cvref_t<decltype(e.op)>,
                   decltype(bind<Base + E::child_offset[I], detail::child_t<E, I>,
-                                G::template inlined<detail::child_t<E, I>, detail::parent_allows_inline<E, I>()>>(
+                                G::template inlined<detail::child_t<E, I>, detail::parent_allows_inline<E, I>()>, Store>(
                       e.template arg<I>()))...>(
           e.op, bind<Base + E::child_offset[I], detail::child_t<E, I>,
-                     G::template inlined<detail::child_t<E, I>, detail::parent_allows_inline<E, I>()>>(
+                     G::template inlined<detail::child_t<E, I>, detail::parent_allows_inline<E, I>()>, Store>(
                     e.template arg<I>())...);
     }(std::make_index_sequence<E::arity>{});
   }
@@ -594,6 +618,9 @@ class Program {
     auto& r = slots_[s];
     if constexpr (is_let_ref<E>::value) {
       copy_view_rec(s, let_ref_[s]);
+    } else if constexpr (kept<E, Inl>) {  // stored by the loop it is fused into (run_with_kept)
+      r.val = arena_.get() + val_off_[s];
+      r.adj = nullptr;
     } else if constexpr (E::kind == Kind::leaf || Inl) {
       return;
     } else {
@@ -609,8 +636,10 @@ class Program {
       }
       if constexpr (E::kind == Kind::elementwise) {
         const auto d = detail::slot_dims<R>(r);
-        X::template run_fused<R>(d, true, X::template make_out<backend::Mode::assign>(own_access<T, R>(s, false),
-                                                                                  bind_self<Base>(e), slots_.data(), d));
+        run_with_kept<Base, E, false>(e, d, [&]<bool Store>() {
+          return X::template make_out<backend::Mode::assign>(own_access<T, R>(s, false), bind_self<Base, Store>(e),
+                                                             slots_.data(), d);
+        });
       } else if constexpr (E::kind == Kind::reduce) {
         reduce_forward<Base>(e);
       } else if constexpr (is_let<E>::value) {
@@ -644,6 +673,57 @@ class Program {
     }
   }
 
+  /// Runs the loop of a fused group over d: make.template operator()<Store>() builds its output.
+  /// Where kept nodes are among `member` (the group's root, or the child a reduction fuses) and the
+  /// nodes fused into it, the loop stores them on the way (Store = true: Tee) when they span d; a kept
+  /// node broadcast at run time is stored by a loop of its own first, and the group's loop reads it.
+  template <std::size_t Base, class E, bool Inl, std::size_t R, class Make>
+  void run_with_kept(const E& member, const Dims<R>& d, const Make& make) {
+    if constexpr (!any_kept<E, Inl>()) {
+      X::template run_fused<R>(d, true, make.template operator()<false>());
+    } else {
+      bool fit = true;
+      each_kept<Base, E, Inl>(member, [&]<std::size_t S, class C>(const C&) {
+        fit = fit && shape_t<C>::rank == R && numel(detail::slot_dims<shape_t<C>::rank>(slots_[S])) == numel(d);
+      });
+      if (fit) {
+        X::template run_fused<R>(d, true, make.template operator()<true>());
+        return;
+      }
+      each_kept<Base, E, Inl>(member, [&]<std::size_t S, class C>(const C& c) {
+        constexpr std::size_t RC = shape_t<C>::rank;
+        const auto cd = detail::slot_dims<RC>(slots_[S]);
+        X::template run_fused<RC>(cd, true, X::template make_out<backend::Mode::assign>(
+                                                own_access<value_t<C>, RC>(S, false), bind_self<S + 1 - C::node_count>(c),
+                                                slots_.data(), cd));
+      });
+      X::template run_fused<R>(d, true, make.template operator()<false>());
+    }
+  }
+  /// Whether E (fused when Inl) or a node fused into it is kept.
+  template <class E, bool Inl>
+  static constexpr bool any_kept() {
+    if constexpr (!is_node<E>::value) {
+      return false;
+    } else {
+      return kept<E, Inl> || []<std::size_t... I>(std::index_sequence<I...>) {
+        return ([] {
+          using C = detail::child_t<E, I>;
+          if constexpr (G::template inlined<C, detail::parent_allows_inline<E, I>()>) return any_kept<C, true>();
+          else return false;  // (a materialized child's group is its own loop)
+        }() || ...);
+      }(std::make_index_sequence<E::arity>{});
+    }
+  }
+  /// Calls f.template operator()<slot, C>(c) for each kept node of e's fused group, children first.
+  template <std::size_t Base, class E, bool Inl, class F>
+  void each_kept(const E& e, F&& f) const {
+    each_child<Base>(e, [&]<std::size_t CB, class C, bool CI>(const C& c) {
+      if constexpr (CI) each_kept<CB, C, true>(c, f);
+    });
+    if constexpr (kept<E, Inl>) f.template operator()<slot_of<Base, E>, E>(e);
+  }
+
   template <std::size_t Base, class E>
   void reduce_forward(const E& e) {
     constexpr std::size_t s = slot_of<Base, E>;
@@ -657,11 +737,15 @@ class Program {
     set_view(out, init);
     const auto cd = detail::slot_dims<RC>(slots_[Base + C::node_count - 1]);
     auto dest = X::template access<T, RC>(out.data, e.op.kept_strides(cd, out.strides));
-    auto expr = bind<Base, C, ci>(e.template arg<0>());
-    if (e.op.is_max)
-      X::template run_fused<RC>(cd, true, X::template make_out<backend::Mode::max>(dest, expr, slots_.data(), cd));
-    else
-      X::template run_fused<RC>(cd, true, X::template make_out<backend::Mode::add>(dest, expr, slots_.data(), cd));
+    auto run = [&]<backend::Mode M>() {
+      auto make = [&]<bool Store>() {
+        return X::template make_out<M>(dest, bind<Base, C, ci, Store>(e.template arg<0>()), slots_.data(), cd);
+      };
+      if constexpr (ci) run_with_kept<Base, C, true>(e.template arg<0>(), cd, make);
+      else X::template run_fused<RC>(cd, true, make.template operator()<false>());
+    };
+    if (e.op.is_max) run.template operator()<backend::Mode::max>();
+    else run.template operator()<backend::Mode::add>();
     if (e.op.is_mean) {
       const T scale = T(1) / T(numel(cd) / std::max<std::size_t>(1, out.size()));
       scale_view(out, scale);
@@ -722,7 +806,7 @@ class Program {
   template <std::size_t Base, class E, bool IsRoot, class GE>
   auto backprop(const E& e, const GE& g) const {
     auto y = [&] {
-      if constexpr (IsRoot) return SlotRef<value_t<E>, shape_t<E>, slot_of<Base, E>, false, device_t<E>>{};
+      if constexpr (IsRoot || kept<E, true>) return SlotRef<value_t<E>, shape_t<E>, slot_of<Base, E>, false, device_t<E>>{};
       else return bind_self<Base>(e);
     }();
     return [&]<std::size_t... I>(std::index_sequence<I...>) {
@@ -783,8 +867,11 @@ class Program {
   void elementwise_backward(const E& e) {
     constexpr std::size_t s = slot_of<Base, E>;
     constexpr std::size_t R = shape_t<E>::rank;
-    run_grads<R>(detail::slot_dims<R>(slots_[s]),
-                 backprop<Base, E, true>(e, SlotRef<value_t<E>, shape_t<E>, s, true, device_t<E>>{}));
+    if constexpr (constant_seed && s == N - 1)
+      run_grads<R>(detail::slot_dims<R>(slots_[s]), backprop<Base, E, true>(e, Scalar<value_t<E>, device_t<E>>(value_t<E>{1})));
+    else
+      run_grads<R>(detail::slot_dims<R>(slots_[s]),
+                   backprop<Base, E, true>(e, SlotRef<value_t<E>, shape_t<E>, s, true, device_t<E>>{}));
   }
   template <std::size_t Base, class E>
   void reduce_backward(const E& e) {
@@ -889,7 +976,9 @@ class Program {
   std::string role(std::size_t s) const {
     const auto& in = info_[s];
     if (slots_[s].canon != s) return "same value as %" + std::to_string(slots_[s].canon) + " (computed once)";
-    if (in.fused_into != none) return "fused into the loop of %" + std::to_string(in.fused_into);
+    if (in.fused_into != none)
+      return "fused into the loop of %" + std::to_string(in.fused_into) +
+             (val_off_[s] != none ? ", value kept for the backward (" + std::to_string(in.bytes) + " B)" : "");
     switch (in.kind) {
       case Kind::leaf: return "leaf";
       case Kind::view: return val_off_[s] != none ? "view (of a contiguous copy, " + std::to_string(in.bytes) + " B)" : "view (no copy)";

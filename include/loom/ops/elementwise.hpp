@@ -104,6 +104,7 @@ struct Neg : UnaryOp {
 /// z = exp x; dx = g * z
 struct Exp : UnaryOp {
   static constexpr std::string_view name = "exp";
+  static constexpr bool keep_output = true;  // costly, and the vjp reads only z (see Program)
   template <class T> LOOM_HOST_DEVICE T apply(T x) const { return std::exp(x); }
   template <class P> P packet(const P& x) const { return ei::pexp(x); }
   auto vjp(const auto& g, const auto& z, const auto&) const;
@@ -138,6 +139,7 @@ struct Abs : UnaryOp {
 /// z = tanh x; dx = g * (1 - z^2)
 struct Tanh : UnaryOp {
   static constexpr std::string_view name = "tanh";
+  static constexpr bool keep_output = true;  // costly, and the vjp reads only z (see Program)
   template <class T> LOOM_HOST_DEVICE T apply(T x) const { return std::tanh(x); }
   template <class P>
     requires std::is_same_v<typename ei::unpacket_traits<P>::type, float>
@@ -154,6 +156,7 @@ struct TanhSlope : UnaryOp {
 /// z = 1 / (1 + exp(-x)); dx = g * z * (1 - z)
 struct Sigmoid : UnaryOp {
   static constexpr std::string_view name = "sigmoid";
+  static constexpr bool keep_output = true;  // costly, and the vjp reads only z (see Program)
   template <class T> LOOM_HOST_DEVICE T apply(T x) const {
     return x >= T{0} ? T{1} / (T{1} + std::exp(-x)) : std::exp(x) / (T{1} + std::exp(x));
   }

@@ -66,6 +66,7 @@ struct Eval<SlotRef<T, S, Slot, Adj, D>, R> {
       : a(slot_access<T, S::rank, R>(slots[Slot], Adj, to)) {}
   template <class F> void visit(F&& f) { f(a.st); }
   template <class F> void link(F&&) {}
+  void cache() {}
   void set_row(const Dims<R>& idx) { a.set_row(idx); }
   bool unit_or_zero() const { return a.inner() == 0 || a.inner() == 1; }
   T at(std::ptrdiff_t j) const { return a.row[j * a.inner()]; }
@@ -82,6 +83,7 @@ struct Eval<Scalar<T, D>, R> {
   Eval(const Scalar<T, D>& s, const detail::SlotRec*, const Dims<R>&) : v(s.value) {}
   template <class F> void visit(F&&) {}
   template <class F> void link(F&&) {}
+  void cache() {}
   void set_row(const Dims<R>&) {}
   bool unit_or_zero() const { return true; }
   T at(std::ptrdiff_t) const { return v; }
@@ -101,13 +103,42 @@ struct Eval<StageRef<T, S, Id, D>, R> {
   using value_type = T;
   static constexpr bool packetable = FloatDtype<T>;
   const StageBuf* sb = nullptr;
+  const T* p = nullptr;  // element j at p[j], cached from *sb for the packet loop of one chunk
   Eval(const StageRef<T, S, Id, D>&, const detail::SlotRec*, const Dims<R>&) {}
   template <class F> void visit(F&&) {}  // chunk-local: no strides to merge
   template <class F> void link(F&& f) { f(Id, sb); }
+  void cache() { p = static_cast<const T*>(sb->data) - sb->j0; }
   void set_row(const Dims<R>&) {}
   bool unit_or_zero() const { return true; }
   T at(std::ptrdiff_t j) const { return static_cast<const T*>(sb->data)[j - sb->j0]; }
-  template <class P> P packet(std::ptrdiff_t j) const { return ei::ploadu<P>(static_cast<const T*>(sb->data) + (j - sb->j0)); }
+  template <class P> P packet(std::ptrdiff_t j) const { return ei::ploadu<P>(p + j); }  // after cache()
+};
+
+/// Evaluates the expression and stores each element into the slot's buffer on the way (see Tee).
+template <class E, std::size_t Slot, std::size_t R>
+struct Eval<Tee<E, Slot>, R> {
+  using value_type = typename Eval<E, R>::value_type;
+  using T = value_type;
+  static constexpr bool packetable = Eval<E, R>::packetable;
+  Eval<E, R> e;
+  Access<T, R> a;
+  Eval(const Tee<E, Slot>& t, const detail::SlotRec* slots, const Dims<R>& to)
+      : e(t.expr, slots, to), a(slot_access<T, E::shape_type::rank, R>(slots[Slot], false, to)) {}
+  template <class F> void visit(F&& f) { f(a.st); e.visit(f); }
+  template <class F> void link(F&& f) { e.link(f); }
+  void cache() { e.cache(); }
+  void set_row(const Dims<R>& idx) { a.set_row(idx); e.set_row(idx); }
+  bool unit_or_zero() const { return a.inner() == 1 && e.unit_or_zero(); }
+  T at(std::ptrdiff_t j) const {
+    const T v = e.at(j);
+    a.row[j * a.inner()] = v;
+    return v;
+  }
+  template <class P> P packet(std::ptrdiff_t j) const {
+    const P v = e.template packet<P>(j);
+    ei::pstoreu(a.row + j, v);
+    return v;
+  }
 };
 
 template <class Op, class P, class... A>
@@ -131,6 +162,9 @@ struct Eval<Node<Op, A...>, R> {
   }
   template <class F> void link(F&& f) {
     [&]<std::size_t... I>(std::index_sequence<I...>) { (detail::get<I>(c).link(f), ...); }(Idx{});
+  }
+  void cache() {
+    [&]<std::size_t... I>(std::index_sequence<I...>) { (detail::get<I>(c).cache(), ...); }(Idx{});
   }
   void set_row(const Dims<R>& idx) {
     [&]<std::size_t... I>(std::index_sequence<I...>) { (detail::get<I>(c).set_row(idx), ...); }(Idx{});
@@ -176,7 +210,11 @@ struct Out {
       T acc{};
       bool started = false;
       if constexpr (Eval<E, R>::packetable && std::is_same_v<T, typename Eval<E, R>::value_type>) {
-        if (reduce_packet_ok) j = reduce_packets<typename ei::packet_traits<T>::type>(j, j1, acc, started);
+        if (reduce_packet_ok) {
+          Eval<E, R> local = e;  // see store_packets
+          local.cache();
+          j = reduce_packets<typename ei::packet_traits<T>::type>(local, j, j1, acc, started);
+        }
       }
       if (!started) acc = e.at(j++);
       for (; j < j1; ++j) acc = combine(acc, e.at(j));
@@ -186,14 +224,22 @@ struct Out {
     std::ptrdiff_t j = j0;
     if constexpr (Eval<E, R>::packetable && std::is_same_v<T, typename Eval<E, R>::value_type>) {
       using P = typename ei::packet_traits<T>::type;
-      if (packet_ok && ei::unpacket_traits<P>::size > 1) j = store_packets<P>(out, j, j1);
+      if (packet_ok && ei::unpacket_traits<P>::size > 1) {
+        // The packet loop reads a local copy of the evaluator: Eigen's packet stores go through a
+        // may-alias vector type, so with the members of *this the compiler reloads every operand's row
+        // pointer and stride after each store; a local whose address does not escape stays in registers
+        // (cache(): a staged value's chunk pointer too).
+        Eval<E, R> local = e;
+        local.cache();
+        j = store_packets<P>(local, out, j, j1);
+      }
     }
     for (; j < j1; ++j) out[j * di] = combine(out[j * di], static_cast<T>(e.at(j)));
   }
   /// Folds [j, j1) of a unit-stride row into acc in packets of P (two accumulators to hide the latency),
   /// then the rest in its half-width packets, like store_packets; returns the first element not folded.
   template <class P>
-  std::ptrdiff_t reduce_packets(std::ptrdiff_t j, std::ptrdiff_t j1, T& acc, bool& started) const {
+  static std::ptrdiff_t reduce_packets(const Eval<E, R>& e, std::ptrdiff_t j, std::ptrdiff_t j1, T& acc, bool& started) {
     constexpr std::ptrdiff_t W = ei::unpacket_traits<P>::size;
     if (W > 1 && j + W <= j1) {
       auto fold = [](const P& a, const P& b) {
@@ -216,14 +262,14 @@ struct Out {
       started = true;
     }
     using H = typename ei::unpacket_traits<P>::half;
-    if constexpr (!std::is_same_v<H, P>) return reduce_packets<H>(j, j1, acc, started);
+    if constexpr (!std::is_same_v<H, P>) return reduce_packets<H>(e, j, j1, acc, started);
     else return j;
   }
   /// Writes [j, j1) of a unit-stride row in packets of P, then the rest in its half-width packets (so a
   /// row that is not a multiple of 16 lanes leaves at most 3 elements to the scalar loop); returns the
   /// first element not written.
   template <class P>
-  std::ptrdiff_t store_packets(T* out, std::ptrdiff_t j, std::ptrdiff_t j1) {
+  static std::ptrdiff_t store_packets(const Eval<E, R>& e, T* out, std::ptrdiff_t j, std::ptrdiff_t j1) {
     constexpr std::ptrdiff_t W = ei::unpacket_traits<P>::size;
     for (; j + W <= j1; j += W) {
       P v = e.template packet<P>(j);
@@ -232,7 +278,7 @@ struct Out {
       ei::pstoreu(out + j, v);
     }
     using H = typename ei::unpacket_traits<P>::half;
-    if constexpr (!std::is_same_v<H, P>) return store_packets<H>(out, j, j1);
+    if constexpr (!std::is_same_v<H, P>) return store_packets<H>(e, out, j, j1);
     else return j;
   }
 };

@@ -110,6 +110,29 @@ struct Eval<Node<Op, A...>, R> {
   }
 };
 
+/// Evaluates the expression and stores each element into the slot's buffer on the way (see Tee).
+template <class E, std::size_t Slot, std::size_t R>
+struct Eval<Tee<E, Slot>, R> {
+  using value_type = typename Eval<E, R>::value_type;
+  Eval<E, R> e;
+  value_type* p = nullptr;
+  Arr<std::ptrdiff_t, R> st{};
+  Eval(const Tee<E, Slot>& t, const loom::detail::SlotRec* slots, const Dims<R>& to) : e(t.expr, slots, to) {
+    constexpr std::size_t RS = E::shape_type::rank;
+    const auto& s = slots[Slot];
+    Dims<RS> d{};
+    Strides<RS> ss{};
+    for (std::size_t i = 0; i < RS; ++i) d[i] = s.dims[i], ss[i] = s.strides[i];
+    p = static_cast<value_type*>(s.val);
+    st = to_arr(broadcast_strides(d, ss, to));
+  }
+  LOOM_HOST_DEVICE value_type at(const Arr<std::size_t, R>& idx) const {
+    const value_type v = e.at(idx);
+    p[offset(idx, st)] = v;
+    return v;
+  }
+};
+
 template <Mode M, class T>
 LOOM_HOST_DEVICE inline T combine(T a, T b) {
   if constexpr (M == Mode::assign) return b;
