@@ -64,7 +64,10 @@ TEST_CASE("conv2d: finite-difference gradients (stride, padding, dilation)") {
 
 TEST_CASE("conv2d: samples split over threads give the one-thread values and gradients") {
 #ifdef _OPENMP
-  const int saved = omp_get_max_threads();
+  struct RestoreThreads {  // also when a REQUIRE below ends the test early
+    int saved = omp_get_max_threads();
+    ~RestoreThreads() { omp_set_num_threads(saved); }
+  } restore;
   auto x = loom::testing::param<Shape<5, 2, 6, 5>>(54);  // 5 samples: uneven splits over 2 and 3 threads
   auto w = loom::testing::param<Shape<3, 2, 3, 3>>(55);
   auto y = conv2d<1, 1>(x, w);
@@ -92,7 +95,6 @@ TEST_CASE("conv2d: samples split over threads give the one-thread values and gra
     same(v, v1), same(dx, dx1), same(dw, dw1);
     loom::testing::gradcheck([&] { return conv2d<2, 1>(x, w); }, x, w);
   }
-  omp_set_num_threads(saved);
 #else
   MESSAGE("built without OpenMP: conv2d runs its samples on one thread");
 #endif

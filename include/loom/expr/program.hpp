@@ -681,6 +681,8 @@ class Program {
   void run_with_kept(const E& member, const Dims<R>& d, const Make& make) {
     if constexpr (!any_kept<E, Inl>()) {
       X::template run_fused<R>(d, true, make.template operator()<false>());
+    } else if constexpr (shape_t<E>::is_static) {  // the group's nodes share E's static extents: all fit
+      X::template run_fused<R>(d, true, make.template operator()<true>());
     } else {
       bool fit = true;
       each_kept<Base, E, Inl>(member, [&]<std::size_t S, class C>(const C&) {
