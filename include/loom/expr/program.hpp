@@ -589,6 +589,12 @@ class Program {
     auto v = adj ? detail::adj_view<T, R>(slots_[s]) : detail::value_view<T, R>(slots_[s]);
     return X::template access<T, R>(v.data, v.strides);
   }
+  /// The output of the loop that writes elementwise node E (at Base) into its own buffer over d.
+  template <std::size_t Base, bool Store, class E, std::size_t R>
+  auto own_out(const E& e, const Dims<R>& d) const {
+    return X::template make_out<backend::Mode::assign>(own_access<value_t<E>, R>(slot_of<Base, E>, false),
+                                                       bind_self<Base, Store>(e), slots_.data(), d);
+  }
   /// Every element of v set to x / multiplied by x (one fused loop on the program's device).
   template <class T, std::size_t R>
   static void set_view(const detail::View<T, R>& v, T x) {
@@ -636,10 +642,7 @@ class Program {
       }
       if constexpr (E::kind == Kind::elementwise) {
         const auto d = detail::slot_dims<R>(r);
-        run_with_kept<Base, E, false>(e, d, [&]<bool Store>() {
-          return X::template make_out<backend::Mode::assign>(own_access<T, R>(s, false), bind_self<Base, Store>(e),
-                                                             slots_.data(), d);
-        });
+        run_with_kept<Base, E, false>(e, d, [&]<bool Store>() { return own_out<Base, Store>(e, d); });
       } else if constexpr (E::kind == Kind::reduce) {
         reduce_forward<Base>(e);
       } else if constexpr (is_let<E>::value) {
@@ -686,18 +689,15 @@ class Program {
     } else {
       bool fit = true;
       each_kept<Base, E, Inl>(member, [&]<std::size_t S, class C>(const C&) {
-        fit = fit && shape_t<C>::rank == R && numel(detail::slot_dims<shape_t<C>::rank>(slots_[S])) == numel(d);
+        fit = fit && numel(detail::slot_dims<R>(slots_[S])) == numel(d);  // (a fused group has one rank)
       });
       if (fit) {
         X::template run_fused<R>(d, true, make.template operator()<true>());
         return;
       }
       each_kept<Base, E, Inl>(member, [&]<std::size_t S, class C>(const C& c) {
-        constexpr std::size_t RC = shape_t<C>::rank;
-        const auto cd = detail::slot_dims<RC>(slots_[S]);
-        X::template run_fused<RC>(cd, true, X::template make_out<backend::Mode::assign>(
-                                                own_access<value_t<C>, RC>(S, false), bind_self<S + 1 - C::node_count>(c),
-                                                slots_.data(), cd));
+        const auto cd = detail::slot_dims<R>(slots_[S]);
+        X::template run_fused<R>(cd, true, own_out<S + 1 - C::node_count, false>(c, cd));
       });
       X::template run_fused<R>(d, true, make.template operator()<false>());
     }

@@ -66,6 +66,15 @@ struct Access {
   Arr<std::ptrdiff_t, R> st{};
 };
 
+/// A slot's value (adj: gradient) buffer, its strides broadcast to the loop's extents `to`.
+template <class T, std::size_t RS, std::size_t R>
+Access<T, R> slot_access(const loom::detail::SlotRec& s, bool adj, const Dims<R>& to) {
+  Dims<RS> d{};
+  Strides<RS> st{};
+  for (std::size_t i = 0; i < RS; ++i) d[i] = s.dims[i], st[i] = adj ? s.adj_strides[i] : s.strides[i];
+  return {static_cast<T*>(adj ? s.adj : s.val), to_arr(broadcast_strides(d, st, to))};
+}
+
 template <class E, std::size_t R>
 struct Eval;
 
@@ -75,12 +84,9 @@ struct Eval<SlotRef<T, S, Slot, Adj, D>, R> {
   const T* p = nullptr;
   Arr<std::ptrdiff_t, R> st{};
   Eval(const SlotRef<T, S, Slot, Adj, D>&, const loom::detail::SlotRec* slots, const Dims<R>& to) {
-    const auto& s = slots[Slot];
-    Dims<S::rank> d{};
-    Strides<S::rank> ss{};
-    for (std::size_t i = 0; i < S::rank; ++i) d[i] = s.dims[i], ss[i] = Adj ? s.adj_strides[i] : s.strides[i];
-    p = static_cast<const T*>(Adj ? s.adj : s.val);
-    st = to_arr(broadcast_strides(d, ss, to));
+    const auto a = slot_access<const T, S::rank>(slots[Slot], Adj, to);
+    p = a.base;
+    st = a.st;
   }
   LOOM_HOST_DEVICE T at(const Arr<std::size_t, R>& idx) const { return p[offset(idx, st)]; }
 };
@@ -118,13 +124,9 @@ struct Eval<Tee<E, Slot>, R> {
   value_type* p = nullptr;
   Arr<std::ptrdiff_t, R> st{};
   Eval(const Tee<E, Slot>& t, const loom::detail::SlotRec* slots, const Dims<R>& to) : e(t.expr, slots, to) {
-    constexpr std::size_t RS = E::shape_type::rank;
-    const auto& s = slots[Slot];
-    Dims<RS> d{};
-    Strides<RS> ss{};
-    for (std::size_t i = 0; i < RS; ++i) d[i] = s.dims[i], ss[i] = s.strides[i];
-    p = static_cast<value_type*>(s.val);
-    st = to_arr(broadcast_strides(d, ss, to));
+    const auto a = slot_access<value_type, E::shape_type::rank>(slots[Slot], false, to);
+    p = a.base;
+    st = a.st;
   }
   LOOM_HOST_DEVICE value_type at(const Arr<std::size_t, R>& idx) const {
     const value_type v = e.at(idx);
@@ -428,10 +430,7 @@ struct Exec<loom::cuda> {
   static Access<T, R> access(T* data, const Strides<R>& strides) { return {data, device::to_arr(strides)}; }
   template <class T, std::size_t RS, std::size_t R>
   static Access<T, R> slot_access(const loom::detail::SlotRec& s, bool adj, const Dims<R>& to) {
-    Dims<RS> d{};
-    Strides<RS> st{};
-    for (std::size_t i = 0; i < RS; ++i) d[i] = s.dims[i], st[i] = adj ? s.adj_strides[i] : s.strides[i];
-    return access<T, R>(static_cast<T*>(adj ? s.adj : s.val), broadcast_strides(d, st, to));
+    return device::slot_access<T, RS>(s, adj, to);
   }
   template <Mode M, class T, std::size_t R, class E>
   static auto make_out(Access<T, R> d, const E& expr, const loom::detail::SlotRec* slots, const Dims<R>& dims) {
