@@ -10,6 +10,7 @@
 
 #include "../support/fixtures.hpp"
 #include "../support/gradcheck.hpp"
+#include "../support/threads.hpp"
 
 using namespace loom;
 using loom::testing::compare;
@@ -64,10 +65,7 @@ TEST_CASE("conv2d: finite-difference gradients (stride, padding, dilation)") {
 
 TEST_CASE("conv2d: samples split over threads give the one-thread values and gradients") {
 #ifdef _OPENMP
-  struct RestoreThreads {  // also when a REQUIRE below ends the test early
-    int saved = omp_get_max_threads();
-    ~RestoreThreads() { omp_set_num_threads(saved); }
-  } restore;
+  loom::testing::RestoreThreads restore;
   auto x = loom::testing::param<Shape<5, 2, 6, 5>>(54);  // 5 samples: uneven splits over 2 and 3 threads
   auto w = loom::testing::param<Shape<3, 2, 3, 3>>(55);
   auto y = conv2d<1, 1>(x, w);

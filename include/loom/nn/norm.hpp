@@ -224,6 +224,28 @@ struct DropBackward {
 };
 }  // namespace norm_kernels
 
+/// Runs f(k) for every row (or channel) k of D elements, on OpenMP threads when there is enough work.
+template <class F>
+void each_row(std::size_t rows, std::size_t D, F&& f) {
+#ifdef _OPENMP
+  if (rows > 1 && rows * D >= (std::size_t{1} << 15) && omp_get_max_threads() > 1 && !omp_in_parallel()) {
+    const auto n = static_cast<std::ptrdiff_t>(rows);
+#pragma omp parallel for schedule(static)
+    for (std::ptrdiff_t k = 0; k < n; ++k) f(static_cast<std::size_t>(k));
+    return;
+  }
+#endif
+  for (std::size_t k = 0; k < rows; ++k) f(k);
+}
+/// A row (or parameter vector) as an Eigen array: compile-time unit stride when Unit (vectorized).
+template <bool Unit, class T>
+auto arr(T* p, std::size_t n, std::ptrdiff_t stride) {
+  using A = Eigen::Array<std::remove_const_t<T>, Eigen::Dynamic, 1>;
+  using M = std::conditional_t<std::is_const_v<T>, const A, A>;
+  if constexpr (Unit) return Eigen::Map<M>(p, static_cast<Eigen::Index>(n));
+  else return Eigen::Map<M, 0, Eigen::InnerStride<>>(p, static_cast<Eigen::Index>(n), Eigen::InnerStride<>(stride));
+}
+
 /// Channel statistics of x [N, C, ...] with affine parameters gamma, beta [C].
 struct BatchNorm {
   static constexpr Kind kind = Kind::kernel;
@@ -258,36 +280,34 @@ struct BatchNorm {
     for (std::size_t i = 2; i < R; ++i) S *= v.dims[i];
     return {v.dims[0], v.dims[1], S};
   }
+  // Host: channels are independent (threads); within a channel, each sample's run of S contiguous
+  // elements is one vectorized Eigen expression, its partial sums added up in double.
   template <class T, std::size_t R>
   void forward(const loom::detail::View<T, R>& out, const loom::detail::View<T, R>& x, const loom::detail::View<T, 1>& gamma,
                const loom::detail::View<T, 1>& beta, T* stats) const {
     const auto [N, C, S] = layout(x, "input");
     const double M = double(N * S);
-    for (std::size_t c = 0; c < C; ++c) {
+    const bool training = mode->training;
+    each_row(C, N * S, [&, N = N, C = C, S = S](std::size_t c) {
+      auto run = [&](const T* base, std::size_t n) { return arr<true>(base + (n * C + c) * S, S, 1); };
       double mu = (*running_mean)[c], var = (*running_var)[c];
-      if (mode->training) {
+      if (training) {
         double s = 0, s2 = 0;
-        for (std::size_t n = 0; n < N; ++n)
-          for (std::size_t k = 0; k < S; ++k) s += x.data[(n * C + c) * S + k];
+        for (std::size_t n = 0; n < N; ++n) s += double(run(x.data, n).sum());
         mu = s / M;
-        for (std::size_t n = 0; n < N; ++n)
-          for (std::size_t k = 0; k < S; ++k) {
-            const double d = x.data[(n * C + c) * S + k] - mu;
-            s2 += d * d;
-          }
+        for (std::size_t n = 0; n < N; ++n) s2 += double((run(x.data, n) - T(mu)).square().sum());
         var = s2 / M;
         update_running(c, mu, var, M);
       }
-      const double inv = 1.0 / std::sqrt(var + eps), ga = gamma.data[c * gamma.strides[0]], be = beta.data[c * beta.strides[0]];
+      const double inv = 1.0 / std::sqrt(var + eps);
       stats[2 * c] = T(mu);
       stats[2 * c + 1] = T(inv);
+      const T scale = T(inv * gamma.data[c * gamma.strides[0]]), shift = beta.data[c * beta.strides[0]];
       for (std::size_t n = 0; n < N; ++n)
-        for (std::size_t k = 0; k < S; ++k) {
-          const std::size_t i = (n * C + c) * S + k;
-          out.data[i] = T((x.data[i] - mu) * inv * ga + be);
-        }
-    }
+        arr<true>(out.data + (n * C + c) * S, S, 1) = (run(x.data, n) - T(mu)) * scale + shift;
+    });
   }
+  /// dx = gamma * inv * (g - mean(g) - xhat * mean(g * xhat)) in training mode (gamma * inv * g in eval).
   template <class T, std::size_t R>
   void backward(const loom::detail::View<T, R>& g, const loom::detail::View<T, R>&,
                 const std::pair<loom::detail::View<T, R>, loom::detail::View<T, R>>& x,
@@ -295,26 +315,26 @@ struct BatchNorm {
                 const std::pair<loom::detail::View<T, 1>, loom::detail::View<T, 1>>& beta, T* stats) const {
     const auto [N, C, S] = layout(x.first, "input");
     layout(x.second, "input gradient");
+    layout(g, "incoming gradient");
     const double M = double(N * S);
-    for (std::size_t c = 0; c < C; ++c) {
+    const bool training = mode->training;
+    each_row(C, N * S, [&, N = N, C = C, S = S](std::size_t c) {
+      auto run = [&](const T* base, std::size_t n) { return arr<true>(base + (n * C + c) * S, S, 1); };
       const double mu = stats[2 * c], inv = stats[2 * c + 1], ga = gamma.first.data[c * gamma.first.strides[0]];
-      double gs = 0, gxs = 0;
-      for (std::size_t n = 0; n < N; ++n)
-        for (std::size_t k = 0; k < S; ++k) {
-          const std::size_t i = (n * C + c) * S + k;
-          gs += g.data[i];
-          gxs += g.data[i] * (x.first.data[i] - mu) * inv;
-        }
+      double gs = 0, gxs = 0;  // sum of g, sum of g * xhat
+      for (std::size_t n = 0; n < N; ++n) {
+        const auto gr = run(g.data, n);
+        gs += double(gr.sum());
+        gxs += double((gr * (run(x.first.data, n) - T(mu))).sum());
+      }
+      gxs *= inv;
       if (gamma.second.data) gamma.second.data[c * gamma.second.strides[0]] += T(gxs);
       if (beta.second.data) beta.second.data[c * beta.second.strides[0]] += T(gs);
-      if (!x.second.data) continue;
+      if (!x.second.data) return;
+      const T a = T(ga * inv), b = training ? T(ga * inv * gs / M) : T(0), k = training ? T(ga * inv * inv * gxs / M) : T(0);
       for (std::size_t n = 0; n < N; ++n)
-        for (std::size_t k = 0; k < S; ++k) {
-          const std::size_t i = (n * C + c) * S + k;
-          const double xhat = (x.first.data[i] - mu) * inv;
-          x.second.data[i] += T(mode->training ? ga * inv / M * (M * g.data[i] - gs - xhat * gxs) : ga * inv * g.data[i]);
-        }
-    }
+        arr<true>(x.second.data + (n * C + c) * S, S, 1) += a * run(g.data, n) - b - (run(x.first.data, n) - T(mu)) * k;
+    });
   }
 
   /// The running statistics after a training batch with mean mu and (biased) variance var over M terms.
@@ -448,27 +468,6 @@ struct LayerNorm {
   template <std::size_t R>
   std::size_t scratch(const Dims<R>& x, const Dims<1>&, const Dims<1>&) const {
     return 2 * numel(x) / std::max<std::size_t>(1, x[R - 1]) + 4 * x[R - 1];  // (mean, rstd) per row; 2D doubles (device)
-  }
-  /// Runs f(row k) for every row, on OpenMP threads when there is enough work.
-  template <class F>
-  static void each_row(std::size_t rows, std::size_t D, F&& f) {
-#ifdef _OPENMP
-    if (rows > 1 && rows * D >= (std::size_t{1} << 15) && omp_get_max_threads() > 1 && !omp_in_parallel()) {
-      const auto n = static_cast<std::ptrdiff_t>(rows);
-#pragma omp parallel for schedule(static)
-      for (std::ptrdiff_t k = 0; k < n; ++k) f(static_cast<std::size_t>(k));
-      return;
-    }
-#endif
-    for (std::size_t k = 0; k < rows; ++k) f(k);
-  }
-  /// A row (or parameter vector) as an Eigen array: compile-time unit stride when Unit (vectorized).
-  template <bool Unit, class T>
-  static auto arr(T* p, std::size_t n, std::ptrdiff_t stride) {
-    using A = Eigen::Array<std::remove_const_t<T>, Eigen::Dynamic, 1>;
-    using M = std::conditional_t<std::is_const_v<T>, const A, A>;
-    if constexpr (Unit) return Eigen::Map<M>(p, static_cast<Eigen::Index>(n));
-    else return Eigen::Map<M, 0, Eigen::InnerStride<>>(p, static_cast<Eigen::Index>(n), Eigen::InnerStride<>(stride));
   }
   template <class T, std::size_t R>
   static bool unit_rows(const loom::detail::View<T, R>& v) { return v.strides[R - 1] == 1 || v.dims[R - 1] <= 1; }
