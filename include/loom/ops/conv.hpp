@@ -3,6 +3,8 @@
 //   conv:  out_n = W[Cout, Cin*K*K] @ im2col(x_n)          dW += g_n @ im2col(x_n)^T,  dx_n += col2im(W^T @ g_n)
 //   pool:  out = max over each window (argmax kept)         dx[argmax] += g
 #pragma once
+#include <algorithm>
+
 #include "../backend/cpu/gemm.hpp"
 #include "../backend/exec.hpp"
 #include "op.hpp"
@@ -85,8 +87,61 @@ struct Conv2d {
           }
         }
   }
+  /// Stride 1 with the output as wide as the input (3x3 with padding 1, ...) and the input's rows
+  /// contiguous: then the rows of an im2col block that read the input read one contiguous, shifted span.
+  template <class T>
+  static bool by_planes(const detail::View<T, 4>& x, const Dims<4>& o) {
+    return S == 1 && o[3] == x.dims[3] && x.strides[3] == 1 && x.strides[2] == static_cast<std::ptrdiff_t>(x.dims[3]);
+  }
+  /// Walks one sample's im2col matrix a block [Hout*Wout] per (c, ki, kj) when by_planes: calls
+  /// block(b, at, begin, end, oh0, oh1, lo, hi) with b the block's offset in the matrix; its entries
+  /// [begin, end) pair with the input elements from offset `at` on, one for one. Rows outside [oh0, oh1)
+  /// read padding; inside, columns outside [lo, hi) read padding too but their entries in [begin, end)
+  /// pair with an element of the neighbouring row (see zero_wraps). All padding: begin = end = 0.
+  template <class T, class Block>
+  static void for_each_block(const detail::View<T, 4>& x, std::size_t n, const Dims<4>& w, const Dims<4>& o, Block&& block) {
+    const std::size_t C = x.dims[1], H = x.dims[2], W = x.dims[3], KH = w[2], KW = w[3], HO = o[2], WO = o[3];
+    const std::ptrdiff_t sample = static_cast<std::ptrdiff_t>(n) * x.strides[0];
+    for (std::size_t c = 0; c < C; ++c)
+      for (std::size_t ki = 0; ki < KH; ++ki)
+        for (std::size_t kj = 0; kj < KW; ++kj) {
+          const std::size_t b = ((c * KH + ki) * KW + kj) * HO * WO;
+          const auto [lo, hi] = valid_columns(kj, W, WO);
+          const auto dv = static_cast<std::ptrdiff_t>(ki * D) - static_cast<std::ptrdiff_t>(P);  // ih = oh + dv
+          const auto dh = static_cast<std::ptrdiff_t>(kj * D) - static_cast<std::ptrdiff_t>(P);  // iw = ow + dh
+          const auto oh0 = static_cast<std::size_t>(std::clamp<std::ptrdiff_t>(-dv, 0, static_cast<std::ptrdiff_t>(HO)));
+          const auto oh1 = static_cast<std::size_t>(std::clamp<std::ptrdiff_t>(static_cast<std::ptrdiff_t>(H) - dv,
+                                                                              static_cast<std::ptrdiff_t>(oh0),
+                                                                              static_cast<std::ptrdiff_t>(HO)));
+          if (hi == lo || oh1 == oh0) {
+            block(b, std::ptrdiff_t{0}, std::size_t{0}, std::size_t{0}, std::size_t{0}, std::size_t{0}, lo, hi);
+            continue;
+          }
+          const auto at = sample + static_cast<std::ptrdiff_t>(c) * x.strides[1] +
+                          (static_cast<std::ptrdiff_t>(oh0) + dv) * static_cast<std::ptrdiff_t>(W) + static_cast<std::ptrdiff_t>(lo) + dh;
+          block(b, at, oh0 * WO + lo, (oh1 - 1) * WO + hi, oh0, oh1, lo, hi);
+        }
+  }
+  /// Zeroes a block's entries that read padding but pair with a neighbouring row's element: the
+  /// columns [hi, Wout) of one row and [0, lo) of the next, one run per row boundary.
+  template <class T>
+  static void zero_wraps(T* b, std::size_t oh0, std::size_t oh1, std::size_t lo, std::size_t hi, std::size_t WO) {
+    for (std::size_t oh = oh0; oh + 1 < oh1; ++oh)
+      for (std::size_t k = oh * WO + hi; k < (oh + 1) * WO + lo; ++k) b[k] = T{0};
+  }
   template <class T>
   static void im2col(const detail::View<T, 4>& x, std::size_t n, const Dims<4>& w, const Dims<4>& o, T* col) {
+    if (by_planes(x, o)) {  // a copy per block, then its padding
+      const std::size_t HW = o[2] * o[3];
+      for_each_block(x, n, w, o, [&](std::size_t b, std::ptrdiff_t at, std::size_t begin, std::size_t end, std::size_t oh0,
+                                     std::size_t oh1, std::size_t lo, std::size_t hi) {
+        std::fill_n(col + b, begin, T{0});
+        std::copy_n(x.data + at, end - begin, col + b + begin);
+        zero_wraps(col + b, oh0, oh1, lo, hi, o[3]);
+        std::fill_n(col + b + end, HW - end, T{0});
+      });
+      return;
+    }
     const std::size_t WO = o[3];
     const std::ptrdiff_t step = static_cast<std::ptrdiff_t>(S) * x.strides[3];
     for_each_run(x, n, w, o, [&](std::size_t row, std::ptrdiff_t at, std::size_t lo, std::size_t hi) {
@@ -101,8 +156,19 @@ struct Conv2d {
       std::fill_n(r + hi, WO - hi, T{0});
     });
   }
+  /// dx_n += col2im(col); col is scratch (the plane path zeroes its wrapped padding entries).
   template <class T>
-  static void col2im_add(const T* col, const detail::View<T, 4>& dx, std::size_t n, const Dims<4>& w, const Dims<4>& o) {
+  static void col2im_add(T* col, const detail::View<T, 4>& dx, std::size_t n, const Dims<4>& w, const Dims<4>& o) {
+    if (by_planes(dx, o)) {  // one add per block, its wrapped entries zeroed first (they then add nothing)
+      for_each_block(dx, n, w, o, [&](std::size_t b, std::ptrdiff_t at, std::size_t begin, std::size_t end, std::size_t oh0,
+                                      std::size_t oh1, std::size_t lo, std::size_t hi) {
+        zero_wraps(col + b, oh0, oh1, lo, hi, o[3]);
+        T* dst = dx.data + at;
+        const T* src = col + b + begin;
+        for (std::size_t k = 0; k < end - begin; ++k) dst[k] += src[k];
+      });
+      return;
+    }
     const std::size_t WO = o[3];
     const std::ptrdiff_t step = static_cast<std::ptrdiff_t>(S) * dx.strides[3];
     for_each_run(dx, n, w, o, [&](std::size_t row, std::ptrdiff_t at, std::size_t lo, std::size_t hi) {
