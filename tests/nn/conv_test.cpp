@@ -63,38 +63,39 @@ TEST_CASE("conv2d: finite-difference gradients (stride, padding, dilation)") {
   loom::testing::gradcheck([&] { return max_pool2d<2>(tanh(conv2d<1, 1>(x, w))); }, x, w);
 }
 
-TEST_CASE("conv2d: samples split over threads give the one-thread values and gradients") {
+TEST_CASE("conv2d and max_pool2d: samples and planes split over threads give the one-thread values and gradients") {
 #ifdef _OPENMP
-  loom::testing::RestoreThreads restore;
-  auto x = loom::testing::param<Shape<5, 2, 6, 5>>(54);  // 5 samples: uneven splits over 2 and 3 threads
-  auto w = loom::testing::param<Shape<3, 2, 3, 3>>(55);
-  auto y = conv2d<1, 1>(x, w);
-  auto step = compile(sum(y * tanh(y)));
-  auto values = [](const auto& t) {
-    std::vector<double> v;
-    t.for_each([&](const double& e) { v.push_back(e); });
-    return v;
-  };
-  auto run = [&](int threads) {
-    omp_set_num_threads(threads);
-    x.zero_grad(), w.zero_grad();
-    auto v = values(step.forward());
-    step.backward();
-    return std::tuple{v, values(x.grad()), values(w.grad())};
-  };
-  const auto [v1, dx1, dw1] = run(1);
-  for (const int t : {2, 3}) {
-    CAPTURE(t);
-    const auto [v, dx, dw] = run(t);
-    auto same = [](const std::vector<double>& a, const std::vector<double>& b) {  // up to the order of sums
-      REQUIRE(a.size() == b.size());
-      for (std::size_t i = 0; i < a.size(); ++i) CHECK(a[i] == doctest::Approx(b[i]).epsilon(1e-12));
-    };
-    same(v, v1), same(dx, dx1), same(dw, dw1);
+  using loom::testing::values;
+  SUBCASE("conv2d") {
+    auto x = loom::testing::param<Shape<5, 2, 6, 5>>(54);  // 5 samples: uneven splits over 2 and 3 threads
+    auto w = loom::testing::param<Shape<3, 2, 3, 3>>(55);
+    auto y = conv2d<1, 1>(x, w);
+    auto step = compile(sum(y * tanh(y)));
+    loom::testing::same_on_threads([&] {
+      x.zero_grad(), w.zero_grad();
+      auto v = values(step.forward());
+      step.backward();
+      return std::vector{v, values(x.grad()), values(w.grad())};
+    }, [](const auto& r, const auto& one) {  // equal up to the order of dW's partial sums
+      for (std::size_t k = 0; k < r.size(); ++k) {
+        REQUIRE(r[k].size() == one[k].size());
+        for (std::size_t i = 0; i < r[k].size(); ++i) CHECK(r[k][i] == doctest::Approx(one[k][i]).epsilon(1e-12));
+      }
+    });
     loom::testing::gradcheck([&] { return conv2d<2, 1>(x, w); }, x, w);
   }
+  SUBCASE("max_pool2d, overlapping windows") {
+    auto x = loom::testing::param<Shape<4, 8, 33, 33>>(56);  // 4 x 8 planes of 16 x 16 windows of 3 x 3
+    auto step = compile(sum(tanh(max_pool2d<3, 2>(x))));
+    loom::testing::same_on_threads([&] {
+      x.zero_grad();
+      auto v = values(step.forward());
+      step.backward();
+      return std::vector{v, values(x.grad())};
+    }, [](const auto& r, const auto& one) { CHECK(r == one); });  // each plane is one thread's: equal
+  }
 #else
-  MESSAGE("built without OpenMP: conv2d runs its samples on one thread");
+  MESSAGE("built without OpenMP: conv2d and max_pool2d run on one thread");
 #endif
 }
 

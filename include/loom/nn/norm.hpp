@@ -9,6 +9,7 @@
 #endif
 #include <memory>
 
+#include "../backend/cpu/parallel.hpp"
 #include "../ops/reduce.hpp"
 #include "../ops/shape.hpp"
 #include "layers.hpp"
@@ -224,19 +225,7 @@ struct DropBackward {
 };
 }  // namespace norm_kernels
 
-/// Runs f(k) for every row (or channel) k of D elements, on OpenMP threads when there is enough work.
-template <class F>
-void each_row(std::size_t rows, std::size_t D, F&& f) {
-#ifdef _OPENMP
-  if (rows > 1 && rows * D >= (std::size_t{1} << 15) && omp_get_max_threads() > 1 && !omp_in_parallel()) {
-    const auto n = static_cast<std::ptrdiff_t>(rows);
-#pragma omp parallel for schedule(static)
-    for (std::ptrdiff_t k = 0; k < n; ++k) f(static_cast<std::size_t>(k));
-    return;
-  }
-#endif
-  for (std::size_t k = 0; k < rows; ++k) f(k);
-}
+using backend::cpu::each_row;
 /// A row (or parameter vector) as an Eigen array: compile-time unit stride when Unit (vectorized).
 template <bool Unit, class T>
 auto arr(T* p, std::size_t n, std::ptrdiff_t stride) {

@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include "../backend/cpu/gemm.hpp"
+#include "../backend/cpu/parallel.hpp"
 #include "../backend/exec.hpp"
 #include "op.hpp"
 
@@ -362,20 +363,26 @@ struct MaxPool2d {
   }
   /// The position (i * K + j) of each output's maximum in its window (kept for backward).
   std::size_t scratch(const Dims<4>& x) const { return numel(dims(x)); }
-  /// Calls f(k, offset of window element (i, j)) over outputs k in row-major order.
+  /// Calls f(k, offset of window element (i, j)) over outputs k, the (n, c) planes on threads where
+  /// x's planes are disjoint (the backward writes through x: a plane's windows touch only that plane).
   template <class T, class F>
   static void windows(const Dims<4>& o, const detail::View<T, 4>& x, F&& f) {
-    std::size_t k = 0;
-    for (std::size_t n = 0; n < o[0]; ++n)
-      for (std::size_t c = 0; c < o[1]; ++c)
-        for (std::size_t oh = 0; oh < o[2]; ++oh)
-          for (std::size_t ow = 0; ow < o[3]; ++ow, ++k) {
-            const std::ptrdiff_t base = static_cast<std::ptrdiff_t>(n) * x.strides[0] + static_cast<std::ptrdiff_t>(c) * x.strides[1] +
-                                        static_cast<std::ptrdiff_t>(oh * S) * x.strides[2] + static_cast<std::ptrdiff_t>(ow * S) * x.strides[3];
-            f(k, [&](std::size_t i, std::size_t j) {
-              return base + static_cast<std::ptrdiff_t>(i) * x.strides[2] + static_cast<std::ptrdiff_t>(j) * x.strides[3];
-            });
-          }
+    auto plane = [&](std::size_t p) {
+      const std::size_t n = p / o[1], c = p % o[1];
+      std::size_t k = p * o[2] * o[3];
+      for (std::size_t oh = 0; oh < o[2]; ++oh)
+        for (std::size_t ow = 0; ow < o[3]; ++ow, ++k) {
+          const std::ptrdiff_t base = static_cast<std::ptrdiff_t>(n) * x.strides[0] + static_cast<std::ptrdiff_t>(c) * x.strides[1] +
+                                      static_cast<std::ptrdiff_t>(oh * S) * x.strides[2] + static_cast<std::ptrdiff_t>(ow * S) * x.strides[3];
+          f(k, [&](std::size_t i, std::size_t j) {
+            return base + static_cast<std::ptrdiff_t>(i) * x.strides[2] + static_cast<std::ptrdiff_t>(j) * x.strides[3];
+          });
+        }
+    };
+    const bool disjoint = (o[0] < 2 || x.strides[0] != 0) && (o[1] < 2 || x.strides[1] != 0);
+    if (disjoint) backend::cpu::each_row(o[0] * o[1], o[2] * o[3] * K * K, plane);
+    else
+      for (std::size_t p = 0; p < o[0] * o[1]; ++p) plane(p);
   }
   template <class Dev, class T>
     requires(!HostDevice<Dev>)
