@@ -11,6 +11,10 @@
 #include <sstream>
 #include <utility>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include "device.hpp"
 #include "../expr/slots.hpp"
 #include "dtype.hpp"
@@ -88,7 +92,21 @@ struct DeviceMemory<cpu> {
   /// Copies n values between two contiguous ranges of this device (they may overlap).
   template <class T>
   static void copy(T* dst, const T* src, std::size_t n) { std::memmove(dst, src, n * sizeof(T)); }
-  static void zero_bytes(void* p, std::size_t n) { std::memset(p, 0, n); }
+  /// Clears n bytes; a large range (a program's gradient buffers) is split over the OpenMP threads.
+  static void zero_bytes(void* p, std::size_t n) {
+#ifdef _OPENMP
+    if (n >= (std::size_t{1} << 20) && omp_get_max_threads() > 1 && !omp_in_parallel()) {
+#pragma omp parallel
+      {
+        const auto t = static_cast<std::size_t>(omp_get_thread_num()), nt = static_cast<std::size_t>(omp_get_num_threads());
+        const std::size_t lines = (n + 63) / 64, b = std::min(n, lines * t / nt * 64), e = std::min(n, lines * (t + 1) / nt * 64);
+        std::memset(static_cast<char*>(p) + b, 0, e - b);
+      }
+      return;
+    }
+#endif
+    std::memset(p, 0, n);
+  }
   /// Host <-> this device (for the host these are plain copies).
   template <class T>
   static void to_host(T* host, const T* src, std::size_t n) { std::memcpy(host, src, n * sizeof(T)); }
