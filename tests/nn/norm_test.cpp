@@ -70,10 +70,12 @@ TEST_CASE("nn: LayerNorm matches PyTorch and passes finite differences") {
   loom::testing::gradcheck([&] { return lnd(permute<1, 0, 2>(x3)); }, x3, lnd.weight, lnd.bias);
 }
 
-TEST_CASE("nn: batch norm passes finite differences in training mode") {
+TEST_CASE("nn: batch norm passes finite differences in training and eval mode") {
   nn::BatchNorm<3, double> bn;
   auto x = loom::testing::param<Shape<5, 3, 2, 2>>(62);
   // (running statistics move on every forward; the gradient check only reads batch statistics)
+  loom::testing::gradcheck([&] { return bn(x) * 1.0; }, x, bn.weight, bn.bias);
+  bn.set_training(false);  // the running statistics (moved by the checks above) are constants
   loom::testing::gradcheck([&] { return bn(x) * 1.0; }, x, bn.weight, bn.bias);
 }
 

@@ -320,9 +320,12 @@ struct BatchNorm {
       if (gamma.second.data) gamma.second.data[c * gamma.second.strides[0]] += T(gxs);
       if (beta.second.data) beta.second.data[c * beta.second.strides[0]] += T(gs);
       if (!x.second.data) return;
-      const T a = T(ga * inv), b = training ? T(ga * inv * gs / M) : T(0), k = training ? T(ga * inv * inv * gxs / M) : T(0);
-      for (std::size_t n = 0; n < N; ++n)
-        arr<true>(x.second.data + (n * C + c) * S, S, 1) += a * run(g.data, n) - b - (run(x.first.data, n) - T(mu)) * k;
+      const T a = T(ga * inv), b = T(ga * inv * gs / M), k = T(ga * inv * inv * gxs / M);
+      for (std::size_t n = 0; n < N; ++n) {
+        auto dx = arr<true>(x.second.data + (n * C + c) * S, S, 1);
+        if (training) dx += a * run(g.data, n) - b - (run(x.first.data, n) - T(mu)) * k;
+        else dx += a * run(g.data, n);  // (the statistics are constants)
+      }
     });
   }
 

@@ -70,22 +70,31 @@ struct Conv2d {
   /// gather (im2col) and the scatter-add (col2im).
   template <class T, class Run>
   static void for_each_run(const detail::View<T, 4>& x, std::size_t n, const Dims<4>& w, const Dims<4>& o, Run&& run) {
-    const std::size_t C = x.dims[1], H = x.dims[2], W = x.dims[3], KH = w[2], KW = w[3], HO = o[2], WO = o[3];
-    const std::ptrdiff_t sample = static_cast<std::ptrdiff_t>(n) * x.strides[0];
-    for (std::size_t c = 0; c < C; ++c)
-      for (std::size_t ki = 0; ki < KH; ++ki)
-        for (std::size_t kj = 0; kj < KW; ++kj) {
-          const std::size_t row = ((c * KH + ki) * KW + kj) * HO;
-          const auto [lo, hi] = valid_columns(kj, W, WO);
-          const auto iw0 = static_cast<std::ptrdiff_t>(lo * S + kj * D) - static_cast<std::ptrdiff_t>(P);
-          for (std::size_t oh = 0; oh < HO; ++oh) {
-            const auto ih = static_cast<std::ptrdiff_t>(oh * S + ki * D) - static_cast<std::ptrdiff_t>(P);
-            if (ih < 0 || ih >= static_cast<std::ptrdiff_t>(H) || hi == lo) {
-              run(row + oh, std::ptrdiff_t{0}, std::size_t{0}, std::size_t{0});
-              continue;
-            }
-            run(row + oh, sample + static_cast<std::ptrdiff_t>(c) * x.strides[1] + ih * x.strides[2] + iw0 * x.strides[3], lo, hi);
-          }
+    const std::size_t H = x.dims[2], HO = o[2];
+    for_each_tap(x, n, w, o, [&](std::size_t k, std::ptrdiff_t plane, std::size_t ki, std::size_t kj, std::size_t lo, std::size_t hi) {
+      const std::size_t row = k * HO;
+      const auto iw0 = static_cast<std::ptrdiff_t>(lo * S + kj * D) - static_cast<std::ptrdiff_t>(P);
+      for (std::size_t oh = 0; oh < HO; ++oh) {
+        const auto ih = static_cast<std::ptrdiff_t>(oh * S + ki * D) - static_cast<std::ptrdiff_t>(P);
+        if (ih < 0 || ih >= static_cast<std::ptrdiff_t>(H) || hi == lo) {
+          run(row + oh, std::ptrdiff_t{0}, std::size_t{0}, std::size_t{0});
+          continue;
+        }
+        run(row + oh, plane + ih * x.strides[2] + iw0 * x.strides[3], lo, hi);
+      }
+    });
+  }
+  /// Calls tap(k, plane, ki, kj, lo, hi) for every (input channel c, kernel row ki, kernel column kj)
+  /// of one sample: k = (c KH + ki) KW + kj indexes the im2col matrix's blocks of Hout rows, plane is
+  /// the offset of sample n's channel c, [lo, hi) the output columns that read the input (valid_columns).
+  template <class T, class Tap>
+  static void for_each_tap(const detail::View<T, 4>& x, std::size_t n, const Dims<4>& w, const Dims<4>& o, Tap&& tap) {
+    std::size_t k = 0;
+    for (std::size_t c = 0; c < x.dims[1]; ++c)
+      for (std::size_t ki = 0; ki < w[2]; ++ki)
+        for (std::size_t kj = 0; kj < w[3]; ++kj, ++k) {
+          const auto [lo, hi] = valid_columns(kj, x.dims[3], o[3]);
+          tap(k, static_cast<std::ptrdiff_t>(n) * x.strides[0] + static_cast<std::ptrdiff_t>(c) * x.strides[1], ki, kj, lo, hi);
         }
   }
   /// Stride 1 with the output as wide as the input (3x3 with padding 1, ...) and the input's rows
@@ -101,27 +110,21 @@ struct Conv2d {
   /// pair with an element of the neighbouring row (see zero_wraps). All padding: begin = end = 0.
   template <class T, class Block>
   static void for_each_block(const detail::View<T, 4>& x, std::size_t n, const Dims<4>& w, const Dims<4>& o, Block&& block) {
-    const std::size_t C = x.dims[1], H = x.dims[2], W = x.dims[3], KH = w[2], KW = w[3], HO = o[2], WO = o[3];
-    const std::ptrdiff_t sample = static_cast<std::ptrdiff_t>(n) * x.strides[0];
-    for (std::size_t c = 0; c < C; ++c)
-      for (std::size_t ki = 0; ki < KH; ++ki)
-        for (std::size_t kj = 0; kj < KW; ++kj) {
-          const std::size_t b = ((c * KH + ki) * KW + kj) * HO * WO;
-          const auto [lo, hi] = valid_columns(kj, W, WO);
-          const auto dv = static_cast<std::ptrdiff_t>(ki * D) - static_cast<std::ptrdiff_t>(P);  // ih = oh + dv
-          const auto dh = static_cast<std::ptrdiff_t>(kj * D) - static_cast<std::ptrdiff_t>(P);  // iw = ow + dh
-          const auto oh0 = static_cast<std::size_t>(std::clamp<std::ptrdiff_t>(-dv, 0, static_cast<std::ptrdiff_t>(HO)));
-          const auto oh1 = static_cast<std::size_t>(std::clamp<std::ptrdiff_t>(static_cast<std::ptrdiff_t>(H) - dv,
-                                                                              static_cast<std::ptrdiff_t>(oh0),
-                                                                              static_cast<std::ptrdiff_t>(HO)));
-          if (hi == lo || oh1 == oh0) {
-            block(b, std::ptrdiff_t{0}, std::size_t{0}, std::size_t{0}, std::size_t{0}, std::size_t{0}, lo, hi);
-            continue;
-          }
-          const auto at = sample + static_cast<std::ptrdiff_t>(c) * x.strides[1] +
-                          (static_cast<std::ptrdiff_t>(oh0) + dv) * static_cast<std::ptrdiff_t>(W) + static_cast<std::ptrdiff_t>(lo) + dh;
-          block(b, at, oh0 * WO + lo, (oh1 - 1) * WO + hi, oh0, oh1, lo, hi);
-        }
+    const std::size_t H = x.dims[2], W = x.dims[3], HO = o[2], WO = o[3];
+    for_each_tap(x, n, w, o, [&](std::size_t k, std::ptrdiff_t plane, std::size_t ki, std::size_t kj, std::size_t lo, std::size_t hi) {
+      const std::size_t b = k * HO * WO;
+      const auto dv = static_cast<std::ptrdiff_t>(ki * D) - static_cast<std::ptrdiff_t>(P);  // ih = oh + dv
+      const auto dh = static_cast<std::ptrdiff_t>(kj * D) - static_cast<std::ptrdiff_t>(P);  // iw = ow + dh
+      const auto oh0 = static_cast<std::size_t>(std::clamp<std::ptrdiff_t>(-dv, 0, static_cast<std::ptrdiff_t>(HO)));
+      const auto oh1 = static_cast<std::size_t>(
+          std::clamp<std::ptrdiff_t>(static_cast<std::ptrdiff_t>(H) - dv, static_cast<std::ptrdiff_t>(oh0), static_cast<std::ptrdiff_t>(HO)));
+      if (hi == lo || oh1 == oh0) {
+        block(b, std::ptrdiff_t{0}, std::size_t{0}, std::size_t{0}, std::size_t{0}, std::size_t{0}, lo, hi);
+        return;
+      }
+      const auto at = plane + (static_cast<std::ptrdiff_t>(oh0) + dv) * static_cast<std::ptrdiff_t>(W) + static_cast<std::ptrdiff_t>(lo) + dh;
+      block(b, at, oh0 * WO + lo, (oh1 - 1) * WO + hi, oh0, oh1, lo, hi);
+    });
   }
   /// Zeroes a block's entries that read padding but pair with a neighbouring row's element: the
   /// columns [hi, Wout) of one row and [0, lo) of the next, one run per row boundary.
