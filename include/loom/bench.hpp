@@ -79,13 +79,21 @@ void backward(benchmark::State& s, Program& p, const Cost& c = {}) {
   p.forward();
   run(s, c, [&] { p.backward(); });
 }
+/// forward() then backward() — as Program::forward_backward() where the program has it (one loop for a
+/// program that is one fused elementwise group).
+template <class Program>
+void forward_then_backward(Program& p) {
+  if constexpr (requires { p.forward_backward(); }) {
+    p.forward_backward();
+  } else {
+    p.forward();
+    p.backward();
+  }
+}
 /// Times forward + backward.
 template <class Program>
 void forward_backward(benchmark::State& s, Program& p, const Cost& c = {}) {
-  run(s, c, [&] {
-    p.forward();
-    p.backward();
-  });
+  run(s, c, [&] { forward_then_backward(p); });
 }
 /// Times a training step: forward, backward, the optimizer's update and clearing the gradients (in
 /// the update's pass where the optimizer has step_and_zero_grad(), else a zero_grad() of its own).
@@ -93,8 +101,7 @@ template <class Program, class Optimizer>
 void step(benchmark::State& s, Program& p, Optimizer& opt, const Cost& c = {}) {
   opt.zero_grad();
   run(s, c, [&] {
-    p.forward();
-    p.backward();
+    forward_then_backward(p);
     if constexpr (requires { opt.step_and_zero_grad(); }) {
       opt.step_and_zero_grad();
     } else {

@@ -4,6 +4,7 @@
 #include <loom/loom.hpp>
 
 #include "../support/gradcheck.hpp"
+#include "../support/threads.hpp"
 
 #include <atomic>
 #include <cstdlib>
@@ -76,6 +77,12 @@ Param<float, S> rand_param(std::uint64_t seed) {
   Generator g(seed);
   return Param<float, S>(uniform<float, S>(g, -1, 1));
 }
+/// A run-time-shaped operand with a gradient (value and gradient bound to a Variable; grad() reads it).
+struct Var1 {
+  Tensor<float, Shape<dyn>> value, g;
+  Variable<float, Shape<dyn>> v;
+  const Tensor<float, Shape<dyn>>& grad() const { return g; }
+};
 }  // namespace
 
 TEST_CASE("program: an elementwise chain and its backward run as one loop each") {
@@ -102,6 +109,87 @@ TEST_CASE("program: an elementwise chain and its backward run as one loop each")
   CHECK(a.grad()(7) == doctest::Approx(0.5f * (1 - t * t) * y + 1));
   CHECK(b.grad()(7) == doctest::Approx(0.5f * (1 - t * t) * x));
   CHECK(c.grad()(7) == doctest::Approx(0.5f * (1 - t * t)));
+}
+
+TEST_CASE("program: forward_backward() runs a one-group program's forward and backward as one loop") {
+  // Against forward() then backward() on equal operands: the root's value and every gradient (they
+  // accumulate: two steps give twice one step's gradient). Long rows (several chunks), 2-D rows on
+  // several threads, a kept node broadcast at run time, a gradient summed over a broadcast axis (its
+  // own loop), and a program that is not one group (a reduction at the root).
+  using loom::testing::values;
+  auto same = [](auto make_a, auto make_b, auto make_c, auto f, std::size_t want_loops) {
+    auto a1 = make_a(), b1 = make_b(), c1 = make_c();
+    auto a2 = make_a(), b2 = make_b(), c2 = make_c();
+    auto one = compile(f(a1, b1, c1));
+    auto two = compile(f(a2, b2, c2));
+#if defined(LOOM_CPU_RUNS_DEVICE_KERNELS)
+    (void)want_loops;
+#else
+    one.forward_backward();  // (plans the buffers)
+    const std::size_t before = backend::cpu::fused_stats().loops;
+    one.forward_backward();
+    CHECK(backend::cpu::fused_stats().loops - before == want_loops);
+#endif
+    for (int k = 0; k < 2; ++k) {
+      two.forward();
+      two.backward();
+    }
+    CHECK(values(one.value()) == values(two.value()));
+    const auto ga1 = values(a1.grad()), gb1 = values(b1.grad()), gc1 = values(c1.grad());
+    const auto ga2 = values(a2.grad()), gb2 = values(b2.grad()), gc2 = values(c2.grad());
+    REQUIRE(ga1.size() == ga2.size());
+    double err = 0;  // (sums over broadcast axes may be added in another order)
+    auto track = [&](const auto& x, const auto& y) {
+      for (std::size_t i = 0; i < x.size(); ++i) err = std::max(err, std::abs(x[i] - y[i]) / (1 + std::abs(y[i])));
+    };
+    track(ga1, ga2), track(gb1, gb2), track(gc1, gc2);
+    CHECK(err < 1e-6);
+    CHECK(std::abs(gb1[0]) > 0);  // (gradients were written)
+  };
+  auto chain = [](const auto& a, const auto& b, const auto& c) { return tanh(a * b + c) * 0.5f + a; };
+  using Chain = decltype(compile(chain(rand_param<Shape<4>>(1), rand_param<Shape<4>>(2), rand_param<Shape<4>>(3))));
+  static_assert(Chain::fuses_forward_backward());
+  SUBCASE("a 1-D chain longer than a chunk") {
+    same([] { return rand_param<Shape<20011>>(1); }, [] { return rand_param<Shape<20011>>(2); },
+         [] { return rand_param<Shape<20011>>(3); }, chain, 1);
+  }
+  SUBCASE("2-D, rows over threads") {
+    auto run = [&] {
+      same([] { return rand_param<Shape<40, 1000>>(4); }, [] { return rand_param<Shape<40, 1000>>(5); },
+           [] { return rand_param<Shape<40, 1000>>(6); }, chain, 1);
+      return 0;
+    };
+#ifdef _OPENMP
+    loom::testing::same_on_threads(run, [](int, int) {});
+#else
+    run();
+#endif
+  }
+  SUBCASE("a gradient summed over a broadcast axis keeps the backward's own loop") {
+    same([] { return rand_param<Shape<3, 9000>>(7); }, [] { return rand_param<Shape<3, 9000>>(8); },
+         [] { return rand_param<Shape<9000>>(9); }, chain, 2);
+  }
+  SUBCASE("a kept node broadcast at run time is stored by a loop of its own first") {
+    auto var = [](std::size_t n, std::uint64_t seed) {
+      return [=] {
+        Generator g(seed);
+        Var1 v;
+        v.value = uniform<float, Shape<dyn>>(g, -1, 1, {n});
+        v.g = Tensor<float, Shape<dyn>>({n});
+        v.v.bind(v.value, v.g);
+        return v;
+      };
+    };
+    auto f = [](const Var1& a, const Var1& b, const Var1& c) { return tanh(a.v) * b.v + exp(c.v); };
+    same(var(1, 11), var(6, 12), var(6, 13), f, 4);  // the kept nodes' loops, the group's, the gradients'
+  }
+  SUBCASE("a reduction at the root: forward() then backward()") {
+    auto f = [](const auto& a, const auto& b, const auto& c) { return sum(tanh(a * b + c)); };
+    using P = decltype(compile(f(rand_param<Shape<4>>(1), rand_param<Shape<4>>(2), rand_param<Shape<4>>(3))));
+    static_assert(!P::fuses_forward_backward());
+    same([] { return rand_param<Shape<300>>(1); }, [] { return rand_param<Shape<300>>(2); },
+         [] { return rand_param<Shape<300>>(3); }, f, 3);  // (the reduction, the seed, its backward)
+  }
 }
 
 TEST_CASE("program: a fused tanh, sigmoid or exp keeps its value for the backward") {

@@ -154,7 +154,7 @@ class Program {
   void backward() {
     if (!planned_) throw std::logic_error("loom::Program::backward: call forward() first");
     if constexpr (Root::requires_grad) {
-      if (adj_end_ > adj_begin_) Mem::zero_bytes(arena_.get() + adj_begin_, adj_end_ - adj_begin_);
+      clear_grad_buffers();
       if constexpr (!constant_seed) {  // the seed: d root / d root = 1
         const auto g = detail::adj_view<value_type, rank>(slots_[N - 1]);
         if constexpr (HostDevice<device_type>)
@@ -165,6 +165,32 @@ class Program {
       bwd<0, Root, false>(*root_);
     }
   }
+  /// forward() then backward(), in one pass over memory where the program is one fused elementwise
+  /// group (one_pass: an elementwise root whose other nodes are leaves or fused into its loop): the
+  /// loop that computes the root also adds every gradient, chunk by chunk, while the chunk's operands
+  /// are in cache. Elsewhere, and where a gradient is summed over broadcast axes (a reduction the
+  /// forward's loop does not do), it runs the two passes. Returns the root's value, as forward() does.
+  Tensor<value_type, shape_type, device_type> forward_backward() {
+    if constexpr (one_pass) {
+      bool changed = !planned_;
+      leaves<0, Root, false>(*root_, changed);
+      if (changed) plan();
+      clear_grad_buffers();
+      with_grads_ = true;
+      struct Reset {
+        bool& on;
+        ~Reset() { on = false; }
+      } reset{with_grads_};
+      fwd<0, Root, false>(*root_);
+      return value();
+    } else {
+      forward();
+      backward();
+      return value();
+    }
+  }
+  /// Whether forward_backward() runs as one loop (the program is one fused elementwise group).
+  static constexpr bool fuses_forward_backward() { return one_pass; }
   /// The root's value: a view into the program's buffers (it keeps them alive; the next forward
   /// overwrites it — clone() to keep a copy).
   Tensor<value_type, shape_type, device_type> value() const {
@@ -223,6 +249,23 @@ class Program {
   /// An elementwise root's backward loop reads its incoming gradient, the seed d root / d root = 1, as
   /// the constant it is: no gradient buffer to fill with ones and read back.
   static constexpr bool constant_seed = Root::kind == Kind::elementwise;
+  /// Whether every child of E is a leaf or fused into E's loop, and theirs too, all the way down.
+  template <class E>
+  static constexpr bool fused_through() {
+    return []<std::size_t... I>(std::index_sequence<I...>) {
+      return ([] {
+        using C = detail::child_t<E, I>;
+        if constexpr (is_scalar<C>::value) return true;
+        else if constexpr (is_let_ref<C>::value || is_let<C>::value) return false;
+        else if constexpr (C::kind == Kind::leaf) return true;
+        else if constexpr (!G::template inlined<C, detail::parent_allows_inline<E, I>()>) return false;
+        else return fused_through<C>();
+      }() && ...);
+    }(std::make_index_sequence<E::arity>{});
+  }
+  /// The whole program is one fused loop, seeded with the constant 1: forward_backward() runs the
+  /// forward and the backward as one loop.
+  static constexpr bool one_pass = constant_seed && Root::requires_grad && fused_through<Root>();
   /// A fused node whose op is costly and whose vjp reads only its output (ops with keep_output: tanh,
   /// sigmoid, exp) keeps its value: the loop that computes it inline also stores it, and the backward
   /// reads it instead of computing it again, as a hand-written backward would. Its gradient still flows
@@ -642,7 +685,10 @@ class Program {
       }
       if constexpr (E::kind == Kind::elementwise) {
         const auto d = detail::slot_dims<R>(r);
-        run_with_kept<Base, E, false>(e, d, [&]<bool Store>() { return own_out<Base, Store>(e, d); });
+        auto make = [&]<bool Store>() { return own_out<Base, Store>(e, d); };
+        if constexpr (one_pass && s == N - 1)
+          if (with_grads_) return forward_with_grads<Base>(e, d, make);
+        run_with_kept<Base, E, false>(e, d, make);
       } else if constexpr (E::kind == Kind::reduce) {
         reduce_forward<Base>(e);
       } else if constexpr (is_let<E>::value) {
@@ -680,28 +726,56 @@ class Program {
   /// Where kept nodes are among `member` (the group's root, or the child a reduction fuses) and the
   /// nodes fused into it, the loop stores them on the way (Store = true: Tee) when they span d; a kept
   /// node broadcast at run time is stored by a loop of its own first, and the group's loop reads it.
-  template <std::size_t Base, class E, bool Inl, std::size_t R, class Make>
-  void run_with_kept(const E& member, const Dims<R>& d, const Make& make) {
+  /// More outputs (`more`, rows that may run on several threads where `parallel`) can join the
+  /// group's loop after its own.
+  template <std::size_t Base, class E, bool Inl, std::size_t R, class Make, class... More>
+  void run_with_kept(const E& member, const Dims<R>& d, const Make& make, bool parallel = true, const More&... more) {
     if constexpr (!any_kept<E, Inl>()) {
-      X::template run_fused<R>(d, true, make.template operator()<false>());
+      X::template run_fused<R>(d, parallel, make.template operator()<false>(), more...);
     } else if constexpr (shape_t<E>::is_static) {  // the group's nodes share E's static extents: all fit
-      X::template run_fused<R>(d, true, make.template operator()<true>());
+      X::template run_fused<R>(d, parallel, make.template operator()<true>(), more...);
     } else {
       bool fit = true;
       each_kept<Base, E, Inl>(member, [&]<std::size_t S, class C>(const C&) {
         fit = fit && numel(detail::slot_dims<R>(slots_[S])) == numel(d);  // (a fused group has one rank)
       });
       if (fit) {
-        X::template run_fused<R>(d, true, make.template operator()<true>());
+        X::template run_fused<R>(d, parallel, make.template operator()<true>(), more...);
         return;
       }
       each_kept<Base, E, Inl>(member, [&]<std::size_t S, class C>(const C& c) {
         const auto cd = detail::slot_dims<R>(slots_[S]);
         X::template run_fused<R>(cd, true, own_out<S + 1 - C::node_count, false>(c, cd));
       });
-      X::template run_fused<R>(d, true, make.template operator()<false>());
+      X::template run_fused<R>(d, parallel, make.template operator()<false>(), more...);
     }
   }
+  /// The root's loop with the backward's outputs after its own (forward_backward() of a one_pass
+  /// program): each chunk of the root is computed, then every gradient reads it (and the kept values the
+  /// loop just stored) while it is in cache. A gradient summed over broadcast axes would make the loop
+  /// a reduction, run on one thread: there the backward keeps its own loop.
+  template <std::size_t Base, class E, std::size_t R, class Make>
+  void forward_with_grads(const E& e, const Dims<R>& d, const Make& make) {
+    const auto outs = backprop<Base, E, true>(e, Scalar<value_t<E>, device_t<E>>(value_t<E>{1}));
+    std::apply([&](const auto&... o) {
+      if ((spans(o, d) && ...)) {
+        run_with_kept<Base, E, false>(e, d, make, (owned_grad(o) && ...), make_grad_out<R>(o, d)...);
+      } else {
+        run_with_kept<Base, E, false>(e, d, make);
+        run_grads<R>(d, outs);
+      }
+    }, outs);
+  }
+  template <std::size_t R, std::size_t Slot, class GE>
+  bool spans(const detail::GradTo<Slot, GE>&, const Dims<R>& d) const {
+    return numel(detail::slot_dims<G::facts[Slot].rank>(slots_[slots_[Slot].canon])) == numel(d);
+  }
+  template <std::size_t R, std::size_t Id, class GE>
+  static constexpr bool spans(const detail::StageTo<Id, GE>&, const Dims<R>&) { return true; }
+  void clear_grad_buffers() {
+    if (adj_end_ > adj_begin_) Mem::zero_bytes(arena_.get() + adj_begin_, adj_end_ - adj_begin_);
+  }
+
   /// Whether E (fused when Inl) or a node fused into it is kept.
   template <class E, bool Inl>
   static constexpr bool any_kept() {
@@ -1007,6 +1081,7 @@ class Program {
   std::shared_ptr<std::byte> arena_;
   std::size_t capacity_ = 0, adj_begin_ = 0, adj_end_ = 0;
   bool planned_ = false;
+  bool with_grads_ = false;  // forward_backward() of a one_pass program: the root's loop adds the gradients
   detail::SlotRec saved_{};
   ProgramStats stats_{};
 };
