@@ -70,6 +70,21 @@ TEST_CASE("device: a fused elementwise chain is one kernel, forward and backward
   p.forward();
   CHECK(backend::device::kernel_stats().kernels - k0 == 1);
   CHECK(p.stats().fused_nodes >= 4);
+  // forward_backward(): the gradients join the forward's kernel where none is summed over a broadcast
+  // axis (c2 has the full shape here); values and gradients as forward() then backward() on the host.
+  auto a2 = twin<Shape<64, 33>>(4), b2 = twin<Shape<64, 33>>(5), c2 = twin<Shape<64, 33>>(6);
+  auto ph = compile(f(a2.h, b2.h, c2.h));
+  auto pd = compile(f(a2.d, b2.d, c2.d));
+  static_assert(decltype(pd)::fuses_forward_backward());
+  ph.forward();
+  ph.backward();
+  check_close(ph.value().clone(), pd.forward_backward(), 1e-5);
+  check_close(a2.h.grad(), a2.d.grad(), 1e-5);
+  check_close(b2.h.grad(), b2.d.grad(), 1e-5);
+  check_close(c2.h.grad(), c2.d.grad(), 1e-5);
+  k0 = backend::device::kernel_stats().kernels;
+  pd.forward_backward();
+  CHECK(backend::device::kernel_stats().kernels - k0 == 1);
 }
 
 TEST_CASE("device: elementwise ops match the host") {

@@ -161,11 +161,15 @@ void gemm(const detail::View<T, 2>& C, const detail::View<T, 2>& A, const detail
     const bool rows = C.strides[1] == 1, cols = !rows && C.strides[0] == 1;
     const std::size_t outer = cols ? N : M, inner = cols ? M : N;
     const std::ptrdiff_t os = cols ? C.strides[1] : C.strides[0], is = cols ? 1 : C.strides[1];
-    for (std::size_t i = 0; i < outer; ++i) {
-      T* r = C.data + static_cast<std::ptrdiff_t>(i) * os;
-      if (is == 1) std::fill_n(r, inner, T{0});
-      else
-        for (std::size_t j = 0; j < inner; ++j) r[static_cast<std::ptrdiff_t>(j) * is] = T{0};
+    if (is == 1 && os == static_cast<std::ptrdiff_t>(inner)) {  // one contiguous block: one fill, not one per run
+      std::fill_n(C.data, outer * inner, T{0});
+    } else {
+      for (std::size_t i = 0; i < outer; ++i) {
+        T* r = C.data + static_cast<std::ptrdiff_t>(i) * os;
+        if (is == 1) std::fill_n(r, inner, T{0});
+        else
+          for (std::size_t j = 0; j < inner; ++j) r[static_cast<std::ptrdiff_t>(j) * is] = T{0};
+      }
     }
   }
   if (K == 0) return;
