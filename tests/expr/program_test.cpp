@@ -161,7 +161,7 @@ TEST_CASE("program: forward_backward() runs a one-group program's forward and ba
       return 0;
     };
 #ifdef _OPENMP
-    loom::testing::same_on_threads(run, [](int, int) {});
+    loom::testing::same_on_threads(run, [](int, int) {});  // (the checks are same()'s, on each thread count)
 #else
     run();
 #endif

@@ -171,18 +171,13 @@ class Program {
   /// are in cache. Elsewhere, and where a gradient is summed over broadcast axes (a reduction the
   /// forward's loop does not do), it runs the two passes. Returns the root's value, as forward() does.
   Tensor<value_type, shape_type, device_type> forward_backward() {
-    if constexpr (one_pass) {
-      bool changed = !planned_;
-      leaves<0, Root, false>(*root_, changed);
-      if (changed) plan();
-      clear_grad_buffers();
+    if constexpr (one_pass) {  // forward(), whose root loop then adds the gradients (forward_with_grads)
       with_grads_ = true;
       struct Reset {
         bool& on;
         ~Reset() { on = false; }
       } reset{with_grads_};
-      fwd<0, Root, false>(*root_);
-      return value();
+      return forward();
     } else {
       forward();
       backward();
@@ -756,6 +751,7 @@ class Program {
   /// a reduction, run on one thread: there the backward keeps its own loop.
   template <std::size_t Base, class E, std::size_t R, class Make>
   void forward_with_grads(const E& e, const Dims<R>& d, const Make& make) {
+    clear_grad_buffers();  // (as backward() does first)
     const auto outs = backprop<Base, E, true>(e, Scalar<value_t<E>, device_t<E>>(value_t<E>{1}));
     std::apply([&](const auto&... o) {
       if ((spans(o, d) && ...)) {
