@@ -195,46 +195,45 @@ struct Out {
   static constexpr bool is_stage = false;
   template <class F> void visit(F&& f) { f(d.st); e.visit(f); }
   template <class F> void link(F&& f) { e.link(f); }
-  void set_row(const Dims<R>& idx) { d.set_row(idx); e.set_row(idx); }
   static T combine(T a, T b) {
     if constexpr (M == Mode::assign) return b;
     else if constexpr (M == Mode::add) return a + b;
     else return a >= b ? a : b;
   }
-  /// Elements [j0, j1) of the current row.
-  void row(std::ptrdiff_t j0, std::ptrdiff_t j1) {
-    const std::ptrdiff_t di = d.inner();
-    T* out = d.row;
+  /// Elements [j0, j1) of row idx (the outer indices; the row axis is R - 1).
+  void row(const Dims<R>& idx, std::ptrdiff_t j0, std::ptrdiff_t j1) {
+    Access<T, R> dl = d;
+    dl.set_row(idx);
+    run(dl.row, dl.inner(), idx, j0, j1);
+  }
+  /// The row's elements [j0, j1), written to out with stride di. The loop reads a local copy of the
+  /// evaluator, its row pointers set here: Eigen's packet stores go through a may-alias vector type, so
+  /// with the members of *this the compiler reloads every operand's row pointer and stride after each
+  /// store, while a local whose address does not escape stays in registers (cache(): a staged value's
+  /// chunk pointer too). Setting the rows on the copy, not on *this before copying it, also spares the
+  /// copy a store-forwarding stall per operand (a short row's cost was mostly these).
+  void run(T* out, std::ptrdiff_t di, const Dims<R>& idx, std::ptrdiff_t j0, std::ptrdiff_t j1) const {
+    Eval<E, R> local = e;
+    local.set_row(idx);
+    local.cache();
     if (di == 0 && M != Mode::assign) {  // reduction along the row: accumulate in registers
       std::ptrdiff_t j = j0;
       T acc{};
       bool started = false;
       if constexpr (Eval<E, R>::packetable && std::is_same_v<T, typename Eval<E, R>::value_type>) {
-        if (reduce_packet_ok) {
-          Eval<E, R> local = e;  // see store_packets
-          local.cache();
-          j = reduce_packets<typename ei::packet_traits<T>::type>(local, j, j1, acc, started);
-        }
+        if (reduce_packet_ok) j = reduce_packets<typename ei::packet_traits<T>::type>(local, j, j1, acc, started);
       }
-      if (!started) acc = e.at(j++);
-      for (; j < j1; ++j) acc = combine(acc, e.at(j));
+      if (!started) acc = local.at(j++);
+      for (; j < j1; ++j) acc = combine(acc, local.at(j));
       *out = combine(*out, acc);
       return;
     }
     std::ptrdiff_t j = j0;
     if constexpr (Eval<E, R>::packetable && std::is_same_v<T, typename Eval<E, R>::value_type>) {
       using P = typename ei::packet_traits<T>::type;
-      if (packet_ok && ei::unpacket_traits<P>::size > 1) {
-        // The packet loop reads a local copy of the evaluator: Eigen's packet stores go through a
-        // may-alias vector type, so with the members of *this the compiler reloads every operand's row
-        // pointer and stride after each store; a local whose address does not escape stays in registers
-        // (cache(): a staged value's chunk pointer too).
-        Eval<E, R> local = e;
-        local.cache();
-        j = store_packets<P>(local, out, j, j1);
-      }
+      if (packet_ok && ei::unpacket_traits<P>::size > 1) j = store_packets<P>(local, out, j, j1);
     }
-    for (; j < j1; ++j) out[j * di] = combine(out[j * di], static_cast<T>(e.at(j)));
+    for (; j < j1; ++j) out[j * di] = combine(out[j * di], static_cast<T>(local.at(j)));
   }
   /// Folds [j, j1) of a unit-stride row into acc in packets of P (two accumulators to hide the latency),
   /// then the rest in its half-width packets, like store_packets; returns the first element not folded.
@@ -297,11 +296,9 @@ struct StageOut {
   }
   template <class F> void visit(F&& f) { out.e.visit(f); }
   template <class F> void link(F&& f) { out.e.link(f); }
-  void set_row(const Dims<R>& idx) { out.e.set_row(idx); }
-  void row(std::ptrdiff_t j0, std::ptrdiff_t j1) {
+  void row(const Dims<R>& idx, std::ptrdiff_t j0, std::ptrdiff_t j1) {
     sb->j0 = j0;
-    out.d.row = static_cast<T*>(sb->data) - j0;  // element j of the chunk at row[j], j in [j0, j1)
-    out.row(j0, j1);
+    out.run(static_cast<T*>(sb->data) - j0, 1, idx, j0, j1);  // element j of the chunk at [j - j0]
   }
 };
 
@@ -345,17 +342,17 @@ void with_stages(Body&& body, O&... o) {
 }
 
 /// Runs every output over the extents `dims` in one loop nest. `parallel` says the destinations are
-/// distinct owned buffers, so rows may run on several threads.
+/// distinct owned buffers, so rows may run on several threads. The outputs are the caller's (usually
+/// temporaries built for this call): one thread runs them in place, several threads each run a copy.
+/// (Copying them on the way in cost a 1e3-element chain's forward + backward ~10% of its time: store
+/// forwarding stalls on structs just written.)
 template <std::size_t R, class... O>
-void run_fused(Dims<R> dims, bool parallel, O... outs) {
+void run_fused(Dims<R> dims, bool parallel, O&&... outs) {
   ++fused_stats().loops;
-  fused_stats().staged += (std::size_t{O::is_stage} + ... + 0);
+  fused_stats().staged += (std::size_t{std::remove_cvref_t<O>::is_stage} + ... + 0);
   if (numel(dims) == 0) return;
   if constexpr (R == 0) {
-    with_stages([&] {
-      (outs.set_row(dims), ...);
-      (outs.row(0, 1), ...);
-    }, outs...);
+    with_stages([&] { (outs.row(dims, 0, 1), ...); }, outs...);
   } else {
     // Merge axes that every access walks as one run (and drop unit axes) so rows get long; the row
     // axis is always R-1, outer axes become extent 1.
@@ -398,23 +395,21 @@ void run_fused(Dims<R> dims, bool parallel, O... outs) {
     // row (a 1-D tensor) can still be shared between threads.
     const std::ptrdiff_t chunk = n > 2 * chunk_size ? chunk_size : n;
     const std::size_t per_row = static_cast<std::size_t>((n + chunk - 1) / chunk), items = rows * per_row;
-    auto run_items = [&](std::size_t i0, std::size_t i1, auto... o) {
+    auto run_items = [&](std::size_t i0, std::size_t i1, auto&... o) {
       if (i0 >= i1) return;
       with_stages([&] {
         Dims<R> idx{};
         std::size_t r = i0 / per_row, c = i0 % per_row;
         for (std::size_t k = R - 1; k-- > 0;) idx[k] = r % dims[k], r /= dims[k];
-        (o.set_row(idx), ...);
         for (std::size_t i = i0; i < i1; ++i) {
           const std::ptrdiff_t j0 = static_cast<std::ptrdiff_t>(c) * chunk;
-          (o.row(j0, std::min(j0 + chunk, n)), ...);
+          (o.row(idx, j0, std::min(j0 + chunk, n)), ...);
           if (++c == per_row && i + 1 < i1) {
             c = 0;
             for (std::size_t k = R - 1; k-- > 0;) {
               if (++idx[k] < dims[k]) break;
               idx[k] = 0;
             }
-            (o.set_row(idx), ...);
           }
         }
       }, o...);
@@ -430,7 +425,7 @@ void run_fused(Dims<R> dims, bool parallel, O... outs) {
       {
         const std::size_t t = static_cast<std::size_t>(omp_get_thread_num()),
                           nt = static_cast<std::size_t>(omp_get_num_threads());
-        run_items(items * t / nt, items * (t + 1) / nt, outs...);
+        [&](auto... own) { run_items(items * t / nt, items * (t + 1) / nt, own...); }(outs...);
       }
       return;
     }
@@ -481,7 +476,9 @@ struct Exec<loom::cpu> {
     return cpu::StageOut<Id, value_t<E>, R, E>(cpu::Eval<E, R>(expr, slots, dims));
   }
   template <std::size_t R, class... O>
-  static void run_fused(Dims<R> dims, bool parallel, O... outs) { cpu::run_fused<R>(dims, parallel, outs...); }
+  static void run_fused(const Dims<R>& dims, bool parallel, O&&... outs) {
+    cpu::run_fused<R>(dims, parallel, std::forward<O>(outs)...);
+  }
   /// dst (M)= src over dst's extents (src broadcast to them).
   template <Mode M, class T, std::size_t R, std::size_t RS>
   static void apply(const loom::detail::View<T, R>& dst, const loom::detail::View<T, RS>& src) {
