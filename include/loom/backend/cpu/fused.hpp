@@ -344,8 +344,8 @@ void with_stages(Body&& body, O&... o) {
 /// Runs every output over the extents `dims` in one loop nest. `parallel` says the destinations are
 /// distinct owned buffers, so rows may run on several threads. The outputs are the caller's (usually
 /// temporaries built for this call): one thread runs them in place, several threads each run a copy.
-/// (Copying them on the way in cost a 1e3-element chain's forward + backward ~10% of its time: store
-/// forwarding stalls on structs just written.)
+/// (Copying them on the way in, and copying each row's evaluator just after setting its row pointers,
+/// were much of a short loop's fixed cost: store-forwarding stalls on structs just written.)
 template <std::size_t R, class... O>
 void run_fused(Dims<R> dims, bool parallel, O&&... outs) {
   ++fused_stats().loops;
