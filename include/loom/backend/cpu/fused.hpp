@@ -211,7 +211,7 @@ struct Out {
   /// with the members of *this the compiler reloads every operand's row pointer and stride after each
   /// store, while a local whose address does not escape stays in registers (cache(): a staged value's
   /// chunk pointer too). Setting the rows on the copy, not on *this before copying it, also spares the
-  /// copy a store-forwarding stall per operand (a short row's cost was mostly these).
+  /// copy a store-forwarding stall per operand (see run_fused).
   void run(T* out, std::ptrdiff_t di, const Dims<R>& idx, std::ptrdiff_t j0, std::ptrdiff_t j1) const {
     Eval<E, R> local = e;
     local.set_row(idx);
