@@ -6,11 +6,13 @@
 #include <filesystem>
 #include <fstream>
 
+#include "../support/fixtures.hpp"
+
 using namespace loom;
 namespace fs = std::filesystem;
 
 namespace {
-const std::string fixture = std::string(LOOM_FIXTURE_DIR) + "/checkpoint.safetensors";
+std::string fixture() { return testing::fixture_dir() + "/checkpoint.safetensors"; }
 std::string tmp_path(const std::string& name) { return (fs::temp_directory_path() / ("loom_ckpt_" + name)).string(); }
 std::string read_all(const std::string& p) {
   std::ifstream f(p, std::ios::binary);
@@ -20,23 +22,23 @@ using Net = nn::Sequential<nn::Linear<3, 2>>;
 }  // namespace
 
 TEST_CASE("io: reads a safetensors file written by another tool, and writes the same bytes") {
-  const auto file = io::load(fixture);
+  const auto file = io::load(fixture());
   REQUIRE(file.size() == 4);
   const auto& w = file.at("0.weight");
   CHECK(w.dtype == "F32");
   CHECK(w.shape == std::vector<std::size_t>{2, 3});
   float wv[6];
-  io::restore(file, "0.weight", wv, {2, 3}, fixture);
+  io::restore(file, "0.weight", wv, {2, 3}, fixture());
   CHECK(wv[5] == 1.5f);
   double scale = 0;
-  io::restore(file, "scale", &scale, {1}, fixture);
+  io::restore(file, "scale", &scale, {1}, fixture());
   CHECK(scale == 3.141592653589793);
   std::int64_t steps = 0;
-  io::restore(file, "steps", &steps, {1}, fixture);
+  io::restore(file, "steps", &steps, {1}, fixture());
   CHECK(steps == 42);
   const auto out = tmp_path("same.safetensors");
   io::save(out, file, {{"format", "pt"}});
-  CHECK(read_all(out) == read_all(fixture));
+  CHECK(read_all(out) == read_all(fixture()));
 }
 
 TEST_CASE("io: a module and its optimizer round-trip; mismatches and bad files are clear errors") {

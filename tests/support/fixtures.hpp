@@ -4,6 +4,7 @@
 #include <doctest/doctest.h>
 #include <loom/loom.hpp>
 
+#include <cstdlib>
 #include <fstream>
 #include <map>
 #include <sstream>
@@ -14,9 +15,18 @@ namespace loom::testing {
 
 using FixtureCase = std::vector<std::pair<std::string, std::vector<float>>>;
 
+/// tests/fixtures, from the environment: ctest sets LOOM_FIXTURE_DIR (tests/CMakeLists.txt). Not a
+/// compile-time path, so that the objects do not depend on where the tree is (ccache shares them
+/// between clones).
+inline std::string fixture_dir() {
+  const char* d = std::getenv("LOOM_FIXTURE_DIR");
+  REQUIRE_MESSAGE(d != nullptr, "LOOM_FIXTURE_DIR is not set: run the tests through ctest, or set it to tests/fixtures");
+  return d;
+}
+
 inline std::map<std::string, FixtureCase> read_fixtures(const std::string& file) {
   std::map<std::string, FixtureCase> m;
-  const std::string path = std::string(LOOM_FIXTURE_DIR) + "/" + file;
+  const std::string path = fixture_dir() + "/" + file;
   std::ifstream f(path);
   REQUIRE_MESSAGE(f.good(), "missing fixture file " << path);
   std::string line, name;

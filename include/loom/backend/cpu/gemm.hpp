@@ -192,7 +192,8 @@ void gemm(const detail::View<T, 2>& C, const detail::View<T, 2>& A, const detail
     return;
   }
 #endif
-  auto rows = [&](Index m0, Index m1) {
+  // (init-captures: clang before 16 cannot capture structured bindings)
+  auto rows = [&, oa = oa, ob = ob, lda = lda, ldb = ldb](Index m0, Index m1) {
     const T* a = A.data + m0 * A.strides[0];
     T* c = C.data + m0 * C.strides[0];
     const auto m = m1 - m0, n = static_cast<Index>(N), k = static_cast<Index>(K);
