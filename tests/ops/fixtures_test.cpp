@@ -30,10 +30,9 @@ using loom::testing::flat;
 template <class S>
 Param<float, S> load(const std::vector<float>& v) { return loom::testing::load_param<S>(v); }
 
-/// Runs one case: make(params...) builds the op; checks the value and every input's gradient, with one
-/// program, op * w: its value divided by w is the op's (to an ulp or two: fl(y w) / w), and its
-/// backward adds the gradients of the fixture's loss sum(op * w). (One program, not a value program and
-/// a loss program: this TU is compiled three times in CI, and its build time is its programs.)
+/// Runs one case: make(params...) builds the op; checks the value and every input's gradient with one
+/// program, op * w (value_over: its value over w is the op's; its backward, the gradients of the
+/// fixture's loss sum(op * w)).
 template <class... S, class Make>
 void run(const std::string& name, Make make) {
   CAPTURE(name);
@@ -51,12 +50,7 @@ void run(const std::string& name, Make make) {
     REQUIRE(c.w.size() == w.size());
     std::copy(c.w.begin(), c.w.end(), w.data());
     auto step = compile(e * Constant<float, SE>(w));
-    auto value = flat(step.forward());
-    for (std::size_t k = 0; k < value.size(); ++k) {
-      REQUIRE(c.w[k] != 0.0f);
-      value[k] /= c.w[k];
-    }
-    compare(value, c.out, "value");
+    compare(loom::testing::value_over(step, c.w), c.out, "value");
     step.backward();
     (compare(flat(std::get<I>(params).grad()), c.grad[I], "grad"), ...);
   }(std::index_sequence_for<S...>{});

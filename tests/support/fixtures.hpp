@@ -89,4 +89,18 @@ std::vector<float> flat(const Tensor<T, S>& t) {
   return v;
 }
 
+/// The value y of a program that computes y * w (w a fixture's loss weights, row-major): fl(y w) / w is
+/// y to an ulp or two. So one program checks a value and, by its backward, the gradients of
+/// sum(y * w): not a value program and a loss program (the suite's build time is its programs).
+template <class P>
+std::vector<float> value_over(P& program, const std::vector<float>& w) {
+  auto v = flat(program.forward().clone());
+  REQUIRE(v.size() == w.size());
+  for (std::size_t k = 0; k < v.size(); ++k) {
+    REQUIRE(w[k] != 0.0f);
+    v[k] /= w[k];
+  }
+  return v;
+}
+
 }  // namespace loom::testing
