@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 #include <loom/loom.hpp>
 
+#include "../support/extents.hpp"
 #include "../support/fixtures.hpp"
 
 using namespace loom;
@@ -42,11 +43,7 @@ void run(const std::string& name, Make make) {
     auto params = std::tuple{load<S>(c.in[I])...};
     auto e = make(std::get<I>(params)...);
     using SE = shape_t<decltype(e)>;
-    const auto dims = [&] {
-      if constexpr (SE::is_static) return SE::dims_or(0);
-      else return compile(e).forward().dims();  // run-time extents (a strided slice): ask a program
-    }();
-    Tensor<float, SE> w(dims);
+    Tensor<float, SE> w(loom::testing::extents_of(e));
     REQUIRE(c.w.size() == w.size());
     std::copy(c.w.begin(), c.w.end(), w.data());
     auto step = compile(e * Constant<float, SE>(w));

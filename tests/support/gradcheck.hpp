@@ -8,6 +8,8 @@
 #include <cmath>
 #include <string>
 
+#include "extents.hpp"
+
 namespace loom::testing {
 
 struct GradcheckResult {
@@ -20,10 +22,7 @@ GradcheckResult gradcheck(Make make, const P&... params) {
   auto e = make();
   using E = decltype(e);
   using S = shape_t<E>;
-  const auto dims = [&] {
-    if constexpr (S::is_static) return S::dims_or(0);
-    else return compile(e).forward().dims();  // run-time extents: ask a program
-  }();
+  const auto dims = extents_of(e);
   Generator gen(1234);
   Constant<double, S> weights(uniform<double, S>(gen, -1, 1, dims));
   auto program = compile(sum(e * weights));
