@@ -725,24 +725,25 @@ class Program {
   /// group's loop after its own.
   template <std::size_t Base, class E, bool Inl, std::size_t R, class Make, class... More>
   void run_with_kept(const E& member, const Dims<R>& d, const Make& make, bool parallel = true, More&&... more) {
+    auto loop = [&]<bool Store>() {  // (one path below runs it, once)
+      X::template run_fused<R>(d, parallel, make.template operator()<Store>(), std::forward<More>(more)...);
+    };
     if constexpr (!any_kept<E, Inl>()) {
-      X::template run_fused<R>(d, parallel, make.template operator()<false>(), std::forward<More>(more)...);
+      loop.template operator()<false>();
     } else if constexpr (shape_t<E>::is_static) {  // the group's nodes share E's static extents: all fit
-      X::template run_fused<R>(d, parallel, make.template operator()<true>(), std::forward<More>(more)...);
+      loop.template operator()<true>();
     } else {
       bool fit = true;
       each_kept<Base, E, Inl>(member, [&]<std::size_t S, class C>(const C&) {
         fit = fit && numel(detail::slot_dims<R>(slots_[S])) == numel(d);  // (a fused group has one rank)
       });
-      if (fit) {
-        X::template run_fused<R>(d, parallel, make.template operator()<true>(), std::forward<More>(more)...);
-        return;
-      }
-      each_kept<Base, E, Inl>(member, [&]<std::size_t S, class C>(const C& c) {
-        const auto cd = detail::slot_dims<R>(slots_[S]);
-        X::template run_fused<R>(cd, true, own_out<S + 1 - C::node_count, false>(c, cd));
-      });
-      X::template run_fused<R>(d, parallel, make.template operator()<false>(), std::forward<More>(more)...);
+      if (!fit)
+        each_kept<Base, E, Inl>(member, [&]<std::size_t S, class C>(const C& c) {
+          const auto cd = detail::slot_dims<R>(slots_[S]);
+          X::template run_fused<R>(cd, true, own_out<S + 1 - C::node_count, false>(c, cd));
+        });
+      if (fit) loop.template operator()<true>();
+      else loop.template operator()<false>();
     }
   }
   /// The root's loop with the backward's outputs after its own (forward_backward() of a one_pass
