@@ -69,6 +69,33 @@ void BM_chain_fwd_eigen(benchmark::State& s, bool bwd) {
     benchmark::DoNotOptimize(gb.data());
   });
 }
+// The chain's forward + backward memory traffic without its arithmetic: one plain loop reading a, b, c
+// and the three gradients and writing the result, the kept value and the gradients (11 streams, as
+// loom's one loop), with a polynomial in place of tanh. What memory alone costs the chain at 1e7.
+void BM_streams_plain(benchmark::State& s) {
+  const auto n = std::size_t(s.range(0));
+  std::vector<float> a(n, 0.5f), b(n, 0.25f), c(n, 0.125f), t(n), out(n), ga(n), gb(n), gc(n);
+  bench::run(s, {.bytes = 7.0 * 4 * double(n)}, [&] {
+    const float* __restrict pa = a.data();
+    const float* __restrict pb = b.data();
+    const float* __restrict pc = c.data();
+    float* __restrict pt = t.data();
+    float* __restrict po = out.data();
+    float* __restrict pga = ga.data();
+    float* __restrict pgb = gb.data();
+    float* __restrict pgc = gc.data();
+    for (std::size_t i = 0; i < n; ++i) {
+      const float x = pa[i] * pb[i] + pc[i];
+      pt[i] = x;
+      po[i] = x * 0.5f + pa[i];
+      const float d = 0.5f * (1.0f - x * x);
+      pgc[i] += d;
+      pga[i] += d * pb[i] + 1.0f;
+      pgb[i] += d * pa[i];
+    }
+    benchmark::DoNotOptimize(pgb);
+  });
+}
 void BM_copy_eigen(benchmark::State& s) {  // the machine's copy bandwidth (read n + write n floats)
   const auto n = Eigen::Index(s.range(0));
   Eigen::ArrayXf a = Eigen::ArrayXf::Random(n), b(n);
@@ -244,6 +271,7 @@ void register_all() {
   both("chain", LOOM_BENCH_BACKEND, BM_chain_fwd_loom, vec);
   both("chain", "eigen", BM_chain_fwd_eigen, vec);
   benchmark::RegisterBenchmark("BM_copy_fwd_eigen", BM_copy_eigen)->Arg(10000000);
+  benchmark::RegisterBenchmark("BM_chainstreams_bwd_plain", BM_streams_plain)->Arg(10000000);
   both("sum", LOOM_BENCH_BACKEND, BM_rowwise_loom<0>, rows);
   both("softmax", LOOM_BENCH_BACKEND, BM_rowwise_loom<1>, rows);
   both("logsumexp", LOOM_BENCH_BACKEND, BM_rowwise_loom<2>, rows);
