@@ -6,6 +6,7 @@
 
 #include "../support/fixtures.hpp"
 #include "../support/gradcheck.hpp"
+#include "../support/threads.hpp"
 
 using namespace loom;
 using loom::testing::compare;
@@ -112,6 +113,73 @@ TEST_CASE("optim: SGD, Adam and AdamW follow PyTorch's trajectories") {
   run("adam", [](auto r) { return optim::Adam<float>(r, {.lr = 0.01, .weight_decay = 0.1}); });
   run("adamw", [](auto r) { return optim::AdamW<float>(r, {.lr = 0.01, .weight_decay = 0.1}); });
   run("rmsprop", [](auto r) { return optim::RMSprop<float>(r, {.lr = 0.01, .weight_decay = 0.05, .momentum = 0.5}); });
+}
+
+TEST_CASE("optim: the host's vectorized updates are the per-element rule, on any number of threads") {
+  // A parameter long enough to be split over threads (backend::each: 2^16 elements and up), not a
+  // multiple of the block, with values, gradients and state far from one another's scale.
+  constexpr std::size_t n = 70001;
+  auto run = [&](auto make, bool clear) {
+    Generator g(5);
+    Param<float, Shape<n>> p(uniform<float, Shape<n>>(g, -2, 2));
+    const auto grads = uniform<float, Shape<n>>(g, -1e-3, 1e-3);
+    std::vector<nn::ParamRef<float>> refs{{"p", p.value().data(), p.grad().data(), n, {n}}};
+    auto opt = make(refs);
+    for (int t = 0; t < 3; ++t) {
+      std::copy(grads.data(), grads.data() + n, p.grad().data());
+      if (clear) opt.step_and_zero_grad();
+      else opt.step();
+    }
+    return std::vector<float>(p.value().data(), p.value().data() + n);
+  };
+  // The reference: the update functor's per-element operator(), the rule a device kernel runs.
+  auto reference = [&](auto update, std::size_t state) {
+    Generator g(5);
+    auto value = uniform<float, Shape<n>>(g, -2, 2);
+    const auto grads = uniform<float, Shape<n>>(g, -1e-3, 1e-3);
+    std::vector<float> grad(n), s0(state ? n : 0), s1(state > 1 ? n : 0);
+    for (int t = 0; t < 3; ++t) {
+      std::copy(grads.data(), grads.data() + n, grad.begin());
+      const auto u = update(value.data(), s0.data(), s1.data(), grad.data(), t);
+      for (std::size_t k = 0; k < n; ++k) u(k);
+    }
+    return std::vector<float>(value.data(), value.data() + n);
+  };
+  auto close = [](const std::vector<float>& a, const std::vector<float>& b) {
+    REQUIRE(a.size() == b.size());
+    float worst = 0;
+    for (std::size_t k = 0; k < a.size(); ++k) worst = std::max(worst, std::abs(a[k] - b[k]) / std::max(1.0f, std::abs(b[k])));
+    CHECK(worst < 1e-6f);  // rounding alone (the vector code contracts other products into FMAs than the scalar)
+  };
+  const double lr = 0.01, wd = 0.1;
+  SUBCASE("adam") {
+    auto make = [&](auto r) { return optim::Adam<float>(r, {.lr = lr, .weight_decay = wd}); };
+    close(run(make, true), reference([&](float* v, float* m, float* s, float* g, int t) {
+            const double bc1 = 1 - std::pow(0.9, t + 1), bc2 = 1 - std::pow(0.999, t + 1);
+            return optim::detail::AdamUpdate<float, false, true>{v, m, s, g, float(lr), 0.9f, 0.999f, 1e-8f, float(wd),
+                                                                 float(lr / bc1), float(std::sqrt(bc2))};
+          }, 2));
+#ifdef _OPENMP
+    loom::testing::same_on_threads([&] { return run(make, false); }, [](const auto& a, const auto& b) { CHECK(a == b); });
+#endif
+  }
+  SUBCASE("adamw") {
+    auto make = [&](auto r) { return optim::AdamW<float>(r, {.lr = lr, .weight_decay = wd}); };
+    close(run(make, false), reference([&](float* v, float* m, float* s, float* g, int t) {
+            const double bc1 = 1 - std::pow(0.9, t + 1), bc2 = 1 - std::pow(0.999, t + 1);
+            return optim::detail::AdamUpdate<float, true, false>{v, m, s, g, float(lr), 0.9f, 0.999f, 1e-8f, float(wd),
+                                                                 float(lr / bc1), float(std::sqrt(bc2))};
+          }, 2));
+  }
+  SUBCASE("rmsprop, momentum") {
+    auto make = [&](auto r) { return optim::RMSprop<float>(r, {.lr = lr, .weight_decay = wd, .momentum = 0.5}); };
+    close(run(make, true), reference([&](float* v, float* sq, float* b, float* g, int) {
+            return optim::detail::RMSpropUpdate<float, true>{v, sq, b, g, float(lr), 0.99f, 1e-8f, float(wd), 0.5f};
+          }, 2));
+#ifdef _OPENMP
+    loom::testing::same_on_threads([&] { return run(make, true); }, [](const auto& a, const auto& b) { CHECK(a == b); });
+#endif
+  }
 }
 
 TEST_CASE("optim: learning-rate schedules follow PyTorch's schedulers") {

@@ -1,7 +1,11 @@
 // loom/backend/exec.hpp — what a compiled program asks of a backend, and how it finds it: the fused
 // loop runner of device D is backend::Exec<D> (cpu: backend/cpu/fused.hpp; cuda: backend/device/fused.hpp).
 #pragma once
+#include <algorithm>
 #include <cstddef>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "../core/device.hpp"
 #include "../expr/slots.hpp"
@@ -46,14 +50,38 @@ template <class F>
 void segment_sums(std::size_t segs, std::size_t len, const F& f, double* dst);
 }  // namespace device
 
+/// A functor whose host form is f.block(i0, count): elements [i0, i0 + count) at once (vectorized).
+template <class F>
+concept BlockFunctor = requires(const F& f, std::size_t i) { f.block(i, i); };
+
 /// f(i) for every i in [0, n) on device D: a loop on the host, one kernel on a device (code that is
-/// written once for both: optimizer updates, the recurrent scans).
+/// written once for both: optimizer updates, the recurrent scans). On the host, a BlockFunctor runs
+/// block by block (each small enough to stay in L1 across the block's passes), and a long range is
+/// split over the OpenMP threads (each i is independent, as in a device kernel).
 template <class D, class F>
 void each(std::size_t n, const F& f) {
-  if constexpr (HostDevice<D>)
+  if constexpr (HostDevice<D> && BlockFunctor<F>) {
+    constexpr std::size_t B = 1024;
+    auto blocks = [&](std::size_t i0, std::size_t i1) {
+      for (std::size_t i = i0; i < i1; i += B) f.block(i, std::min(B, i1 - i));
+    };
+#ifdef _OPENMP
+    if (n >= (std::size_t{1} << 16) && omp_get_max_threads() > 1 && !omp_in_parallel()) {
+#pragma omp parallel
+      {
+        const std::size_t t = static_cast<std::size_t>(omp_get_thread_num()),
+                          nt = static_cast<std::size_t>(omp_get_num_threads()), nb = (n + B - 1) / B;
+        blocks(std::min(n, nb * t / nt * B), std::min(n, nb * (t + 1) / nt * B));
+      }
+      return;
+    }
+#endif
+    blocks(0, n);
+  } else if constexpr (HostDevice<D>) {
     for (std::size_t i = 0; i < n; ++i) f(i);
-  else
+  } else {
     device::for_n(n, f);
+  }
 }
 
 }  // namespace backend
