@@ -152,24 +152,22 @@ TEST_CASE("optim: the host's vectorized updates are the per-element rule, on any
     CHECK(worst < 1e-6f);  // rounding alone (the vector code contracts other products into FMAs than the scalar)
   };
   const double lr = 0.01, wd = 0.1;
-  SUBCASE("adam") {
-    auto make = [&](auto r) { return optim::Adam<float>(r, {.lr = lr, .weight_decay = wd}); };
-    close(run(make, true), reference([&](float* v, float* m, float* s, float* g, int t) {
+  // Adam (L2 penalty in the gradient; step_and_zero_grad) and AdamW (decoupled decay; step).
+  auto adam = [&]<bool Decoupled, bool Clear>(auto make) {
+    close(run(make, Clear), reference([&](float* v, float* m, float* s, float* g, int t) {
             const double bc1 = 1 - std::pow(0.9, t + 1), bc2 = 1 - std::pow(0.999, t + 1);
-            return optim::detail::AdamUpdate<float, false, true>{v, m, s, g, float(lr), 0.9f, 0.999f, 1e-8f, float(wd),
-                                                                 float(lr / bc1), float(std::sqrt(bc2))};
+            return optim::detail::AdamUpdate<float, Decoupled, Clear>{v, m, s, g, float(lr), 0.9f, 0.999f, 1e-8f, float(wd),
+                                                                      float(lr / bc1), float(std::sqrt(bc2))};
           }, 2));
 #ifdef _OPENMP
-    loom::testing::same_on_threads([&] { return run(make, false); }, [](const auto& a, const auto& b) { CHECK(a == b); });
+    loom::testing::same_on_threads([&] { return run(make, Clear); }, [](const auto& a, const auto& b) { CHECK(a == b); });
 #endif
+  };
+  SUBCASE("adam") {
+    adam.template operator()<false, true>([&](auto r) { return optim::Adam<float>(r, {.lr = lr, .weight_decay = wd}); });
   }
   SUBCASE("adamw") {
-    auto make = [&](auto r) { return optim::AdamW<float>(r, {.lr = lr, .weight_decay = wd}); };
-    close(run(make, false), reference([&](float* v, float* m, float* s, float* g, int t) {
-            const double bc1 = 1 - std::pow(0.9, t + 1), bc2 = 1 - std::pow(0.999, t + 1);
-            return optim::detail::AdamUpdate<float, true, false>{v, m, s, g, float(lr), 0.9f, 0.999f, 1e-8f, float(wd),
-                                                                 float(lr / bc1), float(std::sqrt(bc2))};
-          }, 2));
+    adam.template operator()<true, false>([&](auto r) { return optim::AdamW<float>(r, {.lr = lr, .weight_decay = wd}); });
   }
   SUBCASE("rmsprop, momentum") {
     auto make = [&](auto r) { return optim::RMSprop<float>(r, {.lr = lr, .weight_decay = wd, .momentum = 0.5}); };
