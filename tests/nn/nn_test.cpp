@@ -117,12 +117,13 @@ TEST_CASE("optim: SGD, Adam and AdamW follow PyTorch's trajectories") {
 
 TEST_CASE("optim: the host's vectorized updates are the per-element rule, on any number of threads") {
   // A parameter long enough to be split over threads (backend::each: 2^16 elements and up), not a
-  // multiple of the block, with values, gradients and state far from one another's scale.
+  // multiple of the block; values in [-2, 2], gradients three orders of magnitude smaller.
   constexpr std::size_t n = 70001;
+  Generator gen(5);
+  const auto init = uniform<float, Shape<n>>(gen, -2, 2);
+  const auto grads = uniform<float, Shape<n>>(gen, -1e-3, 1e-3);
   auto run = [&](auto make, bool clear) {
-    Generator g(5);
-    Param<float, Shape<n>> p(uniform<float, Shape<n>>(g, -2, 2));
-    const auto grads = uniform<float, Shape<n>>(g, -1e-3, 1e-3);
+    Param<float, Shape<n>> p(init.clone());
     std::vector<nn::ParamRef<float>> refs{{"p", p.value().data(), p.grad().data(), n, {n}}};
     auto opt = make(refs);
     for (int t = 0; t < 3; ++t) {
@@ -134,9 +135,7 @@ TEST_CASE("optim: the host's vectorized updates are the per-element rule, on any
   };
   // The reference: the update functor's per-element operator(), the rule a device kernel runs.
   auto reference = [&](auto update, std::size_t state) {
-    Generator g(5);
-    auto value = uniform<float, Shape<n>>(g, -2, 2);
-    const auto grads = uniform<float, Shape<n>>(g, -1e-3, 1e-3);
+    auto value = init.clone();
     std::vector<float> grad(n), s0(state ? n : 0), s1(state > 1 ? n : 0);
     for (int t = 0; t < 3; ++t) {
       std::copy(grads.data(), grads.data() + n, grad.begin());
