@@ -57,10 +57,76 @@ TEST_CASE("conv2d: finite-difference gradients (stride, padding, dilation)") {
   auto w = loom::testing::param<Shape<3, 2, 3, 3>>(52);
   auto b = loom::testing::param<Shape<3, 1, 1>>(53);
   loom::testing::gradcheck([&] { return conv2d(x, w) + b; }, x, w, b);
+  auto w9 = loom::testing::param<Shape<9, 2, 3, 3>>(57);  // a whole register block of output channels and more
+  loom::testing::gradcheck([&] { return conv2d<1, 1>(x, w9); }, x, w9);
   loom::testing::gradcheck([&] { return conv2d<2, 1>(x, w); }, x, w);
   loom::testing::gradcheck([&] { return conv2d<1, 2, 2>(x, w); }, x, w);
   loom::testing::gradcheck([&] { return conv2d<3, 2, 2>(x, w); }, x, w);  // padding read on both sides of a row
   loom::testing::gradcheck([&] { return max_pool2d<2>(tanh(conv2d<1, 1>(x, w))); }, x, w);
+}
+
+namespace {
+/// conv2d<1, P, D>'s value, dx and dW for the loss sum(y * r), against the definition summed in
+/// double: sizes that give the host's stride-1 kernels whole blocks of output channels and vectors
+/// and remainders of both (11 output channels, rows of 13 + padding), a non-square kernel.
+template <class T, std::size_t P, std::size_t D, std::size_t KH, std::size_t KW>
+void direct_case(double tol) {
+  constexpr std::size_t N = 2, C = 3, H = 9, W = 13, O = 11;
+  const std::size_t pad = P, dilation = D, kh = KH, kw = KW;
+  CAPTURE(pad);
+  CAPTURE(dilation);
+  CAPTURE(kh);
+  CAPTURE(kw);
+  Generator gen(61);
+  Param<T, Shape<N, C, H, W>> x(normal<T, Shape<N, C, H, W>>(gen));
+  Param<T, Shape<O, C, KH, KW>> w(normal<T, Shape<O, C, KH, KW>>(gen));
+  auto y = conv2d<1, P, D>(x, w);
+  using SY = shape_t<decltype(y)>;
+  constexpr std::size_t HO = SY::extents[2], WO = SY::extents[3];
+  const auto r = normal<T, SY>(gen);
+  auto step = compile(sum(y * Constant<T, SY>(r)));
+  step.forward();
+  step.backward();
+  const auto yv = loom::testing::values(compile(y).forward());
+  std::vector<double> want_y(N * O * HO * WO, 0.0), want_dx(N * C * H * W, 0.0), want_dw(O * C * KH * KW, 0.0);
+  for (std::size_t n = 0; n < N; ++n)
+    for (std::size_t o = 0; o < O; ++o)
+      for (std::size_t oh = 0; oh < HO; ++oh)
+        for (std::size_t ow = 0; ow < WO; ++ow) {
+          const std::size_t k = ((n * O + o) * HO + oh) * WO + ow;
+          for (std::size_t c = 0; c < C; ++c)
+            for (std::size_t ki = 0; ki < KH; ++ki)
+              for (std::size_t kj = 0; kj < KW; ++kj) {
+                const auto ih = static_cast<std::ptrdiff_t>(oh + ki * D) - static_cast<std::ptrdiff_t>(P);
+                const auto iw = static_cast<std::ptrdiff_t>(ow + kj * D) - static_cast<std::ptrdiff_t>(P);
+                if (ih < 0 || iw < 0 || ih >= static_cast<std::ptrdiff_t>(H) || iw >= static_cast<std::ptrdiff_t>(W)) continue;
+                const std::size_t xi = ((n * C + c) * H + static_cast<std::size_t>(ih)) * W + static_cast<std::size_t>(iw);
+                const std::size_t wi = ((o * C + c) * KH + ki) * KW + kj;
+                want_y[k] += double(x.value().data()[xi]) * double(w.value().data()[wi]);
+                want_dx[xi] += double(r.data()[k]) * double(w.value().data()[wi]);
+                want_dw[wi] += double(r.data()[k]) * double(x.value().data()[xi]);
+              }
+        }
+  auto check = [&](const std::vector<double>& got, const std::vector<double>& want, const char* what) {
+    CAPTURE(what);
+    REQUIRE(got.size() == want.size());
+    for (std::size_t i = 0; i < got.size(); ++i) CHECK(got[i] == doctest::Approx(want[i]).epsilon(tol).scale(1.0));
+  };
+  check(yv, want_y, "value");
+  check(loom::testing::values(x.grad()), want_dx, "dx");
+  check(loom::testing::values(w.grad()), want_dw, "dW");
+}
+}  // namespace
+
+TEST_CASE("conv2d, stride 1 on the host: register blocks and their remainders against the definition") {
+  direct_case<float, 1, 1, 3, 3>(1e-5);
+  direct_case<float, 0, 1, 3, 3>(1e-5);
+  direct_case<float, 2, 2, 3, 3>(1e-5);
+  direct_case<float, 1, 1, 2, 5>(1e-5);  // padding below D (K - 1) on one axis, equal on the other
+  direct_case<float, 0, 1, 1, 1>(1e-5);
+  direct_case<double, 1, 1, 3, 3>(1e-12);
+  direct_case<double, 3, 1, 5, 4>(1e-12);
+  direct_case<double, 1, 1, 1, 1>(1e-12);  // padding past D (K - 1): the im2col path
 }
 
 TEST_CASE("conv2d and max_pool2d: samples and planes split over threads give the one-thread values and gradients") {

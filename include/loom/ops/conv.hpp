@@ -1,12 +1,15 @@
-// loom/ops/conv.hpp — 2-D convolution (NCHW, stride, padding, dilation) by im2col + GEMM, and max
-// pooling. Spatial extents flow through the static shape, so a following Flatten/Linear is checked.
+// loom/ops/conv.hpp — 2-D convolution (NCHW, stride, padding, dilation) and max pooling. Spatial
+// extents flow through the static shape, so a following Flatten/Linear is checked.
 //   conv:  out_n = W[Cout, Cin*K*K] @ im2col(x_n)          dW += g_n @ im2col(x_n)^T,  dx_n += col2im(W^T @ g_n)
+//          on a device and for strides > 1; stride 1 on the host runs register-blocked kernels over
+//          zero-padded planes instead (backend/cpu/plane_conv.hpp: no im2col matrix, no GEMM packing)
 //   pool:  out = max over each window (argmax kept)         dx[argmax] += g
 #pragma once
 #include <algorithm>
 
 #include "../backend/cpu/gemm.hpp"
 #include "../backend/cpu/parallel.hpp"
+#include "../backend/cpu/plane_conv.hpp"
 #include "../backend/exec.hpp"
 #include "op.hpp"
 
@@ -48,10 +51,53 @@ struct Conv2d {
                         " do not fit (channels differ or the kernel is larger than the padded input)");
     return {x[0], w[0], ho, wo};
   }
-  /// One sample's im2col matrix [Cin*K*K, Hout*Wout].
+  /// One sample's im2col matrix [Cin*K*K, Hout*Wout] (a device, strides > 1), or at least the direct
+  /// path's buffers (the host at stride 1), whichever is larger.
   std::size_t scratch(const Dims<4>& x, const Dims<4>& w) const {
     const auto o = dims(x, w);
-    return x[1] * w[2] * w[3] * o[2] * o[3];
+    const std::size_t im2col = x[1] * w[2] * w[3] * o[2] * o[3];
+    return direct(w) ? std::max(im2col, direct_scratch(x, w)) : im2col;
+  }
+
+  // ---- the host's direct path (stride 1): backend/cpu/plane_conv.hpp --------------------------------------
+  /// Stride 1, with a padding the input gradient's reversed correlation can express (P <= D (K - 1)),
+  /// kernels up to plane_conv::max_taps taps.
+  static bool direct(const Dims<4>& w) {
+    return S == 1 && P <= D * (w[2] - 1) && P <= D * (w[3] - 1) && w[2] * w[3] <= backend::cpu::plane_conv::max_taps;
+  }
+  /// The forward's planes (the input, padded by P) and the input gradient's (the output gradient,
+  /// padded by D (K - 1) - P: its correlation with the reversed kernel has the input's extents).
+  template <class T>
+  static backend::cpu::plane_conv::Geometry<T> forward_planes(const Dims<4>& x, const Dims<4>& w) {
+    return {x[1], x[2], x[3], w[2], w[3], D, P, P};
+  }
+  template <class T>
+  static backend::cpu::plane_conv::Geometry<T> backward_planes(const Dims<4>& o, const Dims<4>& w) {
+    return {o[1], o[2], o[3], w[2], w[3], D, D * (w[2] - 1) - P, D * (w[3] - 1) - P};
+  }
+  /// The direct path's buffers, per sample (offsets in elements, each 64-byte aligned when the scratch
+  /// is): the padded input, the output gradient spread to the input's pitch (the forward's outputs
+  /// use it too), the padded output gradient and the input gradient's outputs.
+  struct DirectBuffers {
+    std::size_t xp, gz, gp, dx_q, size;
+  };
+  template <class T>
+  static DirectBuffers direct_buffers(const Dims<4>& x, const Dims<4>& w) {
+    const auto f = forward_planes<T>(x, w);
+    const auto b = backward_planes<T>(Dims<4>{x[0], w[0], f.HO, f.WO}, w);
+    constexpr std::size_t A = std::max<std::size_t>(1, 64 / sizeof(T));
+    auto up = [](std::size_t n) { return (n + A - 1) / A * A; };
+    DirectBuffers r{};
+    r.gz = up(f.padded_size());
+    r.gp = r.gz + up(w[0] * f.Qv);
+    r.dx_q = r.gp + up(b.padded_size());
+    r.size = r.dx_q + x[1] * b.Qv;
+    return r;
+  }
+  /// Sized for float's vectors, the widest in elements of loom's host dtypes (and the coarsest alignment).
+  static std::size_t direct_scratch(const Dims<4>& x, const Dims<4>& w) {
+    static_assert(backend::cpu::plane_conv::lanes<float> >= backend::cpu::plane_conv::lanes<double>);
+    return direct_buffers<float>(x, w).size;
   }
 
   /// The output columns [lo, hi) whose input column ow * S + kj * D - P lies inside [0, W): the rest
@@ -301,9 +347,23 @@ struct Conv2d {
   }
   template <class T>
   void forward(const detail::View<T, 4>& out, const detail::View<T, 4>& x, const detail::View<T, 4>& w, T* col) const {
+    namespace pc = backend::cpu::plane_conv;
     const auto wm = weight_matrix(w);
-    const std::size_t HW = out.dims[2] * out.dims[3];
+    const std::size_t HW = out.dims[2] * out.dims[3], O = wm.dims[0];
     (void)sample(out, 0);  // checks the layout here: nothing may throw on the threads
+    if (direct(w.dims)) {
+      const auto f = forward_planes<T>(x.dims, w.dims);
+      over_samples(x.dims[0], direct_scratch(x.dims, w.dims), col, [&](std::size_t n0, std::size_t n1, T* c, std::size_t, std::size_t) {
+        T* out_q = c + direct_buffers<T>(x.dims, w.dims).gz;
+        std::fill_n(c, f.padded_size(), T{0});  // the padding, which pad() leaves as it is
+        for (std::size_t n = n0; n < n1; ++n) {
+          pc::pad(f, x.data + static_cast<std::ptrdiff_t>(n) * x.strides[0], x.strides[1], x.strides[2], x.strides[3], c);
+          pc::correlate(f, c, O, w.data, w.strides[0], w.strides[1], 1, out_q);
+          pc::unpad<false>(f, O, out_q, out.data + static_cast<std::ptrdiff_t>(n) * out.strides[0], out.strides[1], out.strides[2], out.strides[3]);
+        }
+      });
+      return;
+    }
     over_samples(x.dims[0], wm.dims[1] * HW, col, [&](std::size_t n0, std::size_t n1, T* c, std::size_t, std::size_t) {
       for (std::size_t n = n0; n < n1; ++n) {
         im2col(x, n, w.dims, out.dims, c);
@@ -320,20 +380,25 @@ struct Conv2d {
     const bool want_w = w.second.data != nullptr, want_x = x.second.data != nullptr;
     const auto dw = want_w ? weight_matrix(w.second) : detail::View<T, 2>{};
     (void)sample(g, 0);  // checks the layout here: nothing may throw on the threads
-    over_samples(x.first.dims[0], CKK * HW, col, [&](std::size_t n0, std::size_t n1, T* c, std::size_t t, std::size_t nt) {
-      const detail::View<T, 2> cv{c, {CKK, HW}, {static_cast<std::ptrdiff_t>(HW), 1}};
+    const bool dir = direct(w.first.dims);
+    const std::size_t col_size = dir ? direct_scratch(x.first.dims, w.first.dims) : CKK * HW;
+    over_samples(x.first.dims[0], col_size, col, [&](std::size_t n0, std::size_t n1, T* c, std::size_t t, std::size_t nt) {
       // thread 0 accumulates into dW itself, the others into a partial [R, CKK] of their own
       T* part = want_w && t > 0 ? backend::cpu::detail_gemm::workspace<T, detail::ConvWeightGradTag>(R * CKK) : nullptr;
       if (part) std::fill_n(part, R * CKK, T{0});
       const auto dw_t = part ? detail::View<T, 2>{part, {R, CKK}, {static_cast<std::ptrdiff_t>(CKK), 1}} : dw;
-      for (std::size_t n = n0; n < n1; ++n) {
-        if (want_w) {
-          im2col(x.first, n, w.first.dims, out.dims, c);
-          backend::cpu::gemm(dw_t, sample(g, n), backend::cpu::transposed(cv), true);
-        }
-        if (want_x) {
-          backend::cpu::gemm(cv, backend::cpu::transposed(wm), sample(g, n), false);
-          col2im_add(c, x.second, n, w.first.dims, out.dims);
+      if (dir) backward_direct(g, x, w.first, dw_t, want_w, want_x, n0, n1, c);
+      else {
+        const detail::View<T, 2> cv{c, {CKK, HW}, {static_cast<std::ptrdiff_t>(HW), 1}};
+        for (std::size_t n = n0; n < n1; ++n) {
+          if (want_w) {
+            im2col(x.first, n, w.first.dims, out.dims, c);
+            backend::cpu::gemm(dw_t, sample(g, n), backend::cpu::transposed(cv), true);
+          }
+          if (want_x) {
+            backend::cpu::gemm(cv, backend::cpu::transposed(wm), sample(g, n), false);
+            col2im_add(c, x.second, n, w.first.dims, out.dims);
+          }
         }
       }
       if (!want_w || nt == 1) return;
@@ -347,6 +412,38 @@ struct Conv2d {
       }
 #endif
     });
+  }
+  /// Samples [n0, n1) of the host's stride-1 backward: dW (dw_t: [Cout, Cin K K]) += the dot kernel of the
+  /// output gradient (spread to the input's pitch) with the padded input; dx += the output gradient
+  /// (padded) correlated with the weight's taps reversed, its channel axes swapped.
+  template <class T>
+  void backward_direct(const detail::View<T, 4>& g, const std::pair<detail::View<T, 4>, detail::View<T, 4>>& x, const detail::View<T, 4>& w,
+                       const detail::View<T, 2>& dw_t, bool want_w, bool want_x, std::size_t n0, std::size_t n1, T* c) const {
+    namespace pc = backend::cpu::plane_conv;
+    const auto f = forward_planes<T>(x.first.dims, w.dims);
+    const auto b = backward_planes<T>(g.dims, w.dims);
+    const std::size_t O = w.dims[0], C = w.dims[1], KK = w.dims[2] * w.dims[3];
+    const auto buf = direct_buffers<T>(x.first.dims, w.dims);
+    T* const xp = c + buf.xp;
+    T* const gz = c + buf.gz;
+    T* const gp = c + buf.gp;
+    T* const dx_q = c + buf.dx_q;
+    const auto& dx = x.second;
+    std::fill(xp, dx_q, T{0});  // the padding and the dropped columns, which pad() and spread() leave as they are
+    for (std::size_t n = n0; n < n1; ++n) {
+      const T* gn = g.data + static_cast<std::ptrdiff_t>(n) * g.strides[0];
+      if (want_w) {
+        pc::pad(f, x.first.data + static_cast<std::ptrdiff_t>(n) * x.first.strides[0], x.first.strides[1], x.first.strides[2],
+                x.first.strides[3], xp);
+        pc::spread(f, O, gn, g.strides[1], g.strides[2], g.strides[3], gz);
+        pc::weight_grad(f, gz, O, xp, dw_t.data, dw_t.strides[0], static_cast<std::ptrdiff_t>(KK), 1);
+      }
+      if (want_x) {
+        pc::pad(b, gn, g.strides[1], g.strides[2], g.strides[3], gp);
+        pc::correlate(b, gp, C, w.data + (KK - 1), w.strides[1], w.strides[0], -1, dx_q);
+        pc::unpad<true>(b, C, dx_q, dx.data + static_cast<std::ptrdiff_t>(n) * dx.strides[0], dx.strides[1], dx.strides[2], dx.strides[3]);
+      }
+    }
   }
 };
 
