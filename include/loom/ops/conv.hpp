@@ -497,8 +497,12 @@ struct MaxPool2d {
       std::size_t best = 0;
       T m = x.data[at(0, 0)];
       for (std::size_t i = 0; i < K; ++i)
-        for (std::size_t j = 0; j < K; ++j)
-          if (const T v = x.data[at(i, j)]; v > m) m = v, best = i * K + j;
+        for (std::size_t j = 0; j < K; ++j) {  // no branches: which element wins is data, and unpredictable
+          const T v = x.data[at(i, j)];
+          const auto gt = static_cast<std::size_t>(v > m);
+          m = v > m ? v : m;                  // maxss
+          best += (i * K + j - best) * gt;  // (a select g++ turns back into a branch)
+        }
       out.data[k] = m;
       arg[k] = static_cast<T>(best);
     });
