@@ -279,6 +279,9 @@ void register_all() {
   both("matmul", "eigen", BM_matmul_eigen, mm);
   both("bmm", LOOM_BENCH_BACKEND, BM_bmm_loom, {{8, 32, 32}, {16, 128, 64}, {16, 512, 64}});
   both("conv2d", LOOM_BENCH_BACKEND, BM_conv2d_loom<16, 32>, img);
+  // the two convolutions of the Fashion-MNIST CNN (examples/fashion_mnist.cpp --model cnn), batch 64
+  both("conv2d1to32", LOOM_BENCH_BACKEND, BM_conv2d_loom<1, 32>, {{64, 28}});
+  both("conv2d32to64", LOOM_BENCH_BACKEND, BM_conv2d_loom<32, 64>, {{64, 14}});
   both("maxpool", LOOM_BENCH_BACKEND, BM_maxpool_loom, {{1, 16, 28}, {32, 32, 28}, {64, 64, 56}});
   both("batchnorm", LOOM_BENCH_BACKEND, BM_batchnorm_loom<32>, img);
   both("layernorm", LOOM_BENCH_BACKEND, BM_layernorm_loom<256>, {{16}, {1024}, {16384}});

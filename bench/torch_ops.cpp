@@ -53,10 +53,14 @@ void BM_bmm_torch(benchmark::State& s, bool bwd) {
   auto a = rnd({s.range(0), s.range(1), s.range(2)}, true), b = rnd({s.range(0), s.range(2), s.range(1)}, true);
   fwd_or_bwd(s, bwd, [&] { return torch::bmm(a, b); });
 }
-void BM_conv2d_torch(benchmark::State& s, bool bwd) {
-  auto x = rnd({s.range(0), 16, s.range(1), s.range(1)}, true), w = rnd({32, 16, 3, 3}, true);
+template <std::int64_t Cin, std::int64_t Cout>
+void conv2d_torch(benchmark::State& s, bool bwd) {
+  auto x = rnd({s.range(0), Cin, s.range(1), s.range(1)}, true), w = rnd({Cout, Cin, 3, 3}, true);
   fwd_or_bwd(s, bwd, [&] { return torch::conv2d(x, w, {}, 1, 1); });
 }
+void BM_conv2d_torch(benchmark::State& s, bool bwd) { conv2d_torch<16, 32>(s, bwd); }
+void BM_conv2d_torch_1to32(benchmark::State& s, bool bwd) { conv2d_torch<1, 32>(s, bwd); }  // the Fashion-MNIST CNN's two
+void BM_conv2d_torch_32to64(benchmark::State& s, bool bwd) { conv2d_torch<32, 64>(s, bwd); }
 void BM_maxpool_torch(benchmark::State& s, bool bwd) {
   auto x = rnd({s.range(0), s.range(1), s.range(2), s.range(2)}, true);
   fwd_or_bwd(s, bwd, [&] { return torch::max_pool2d(x, 2); });
@@ -113,6 +117,10 @@ BENCHMARK_CAPTURE(BM_bmm_torch, fwd, false)->Name("BM_bmm_fwd_torch")->Args({8, 
 BENCHMARK_CAPTURE(BM_bmm_torch, bwd, true)->Name("BM_bmm_bwd_torch")->Args({8, 32, 32})->Args({16, 128, 64})->Args({16, 512, 64});
 BENCHMARK_CAPTURE(BM_conv2d_torch, fwd, false)->Name("BM_conv2d_fwd_torch")->Args({1, 28})->Args({32, 28})->Args({64, 56});
 BENCHMARK_CAPTURE(BM_conv2d_torch, bwd, true)->Name("BM_conv2d_bwd_torch")->Args({1, 28})->Args({32, 28})->Args({64, 56});
+BENCHMARK_CAPTURE(BM_conv2d_torch_1to32, fwd, false)->Name("BM_conv2d1to32_fwd_torch")->Args({64, 28});
+BENCHMARK_CAPTURE(BM_conv2d_torch_1to32, bwd, true)->Name("BM_conv2d1to32_bwd_torch")->Args({64, 28});
+BENCHMARK_CAPTURE(BM_conv2d_torch_32to64, fwd, false)->Name("BM_conv2d32to64_fwd_torch")->Args({64, 14});
+BENCHMARK_CAPTURE(BM_conv2d_torch_32to64, bwd, true)->Name("BM_conv2d32to64_bwd_torch")->Args({64, 14});
 BENCHMARK_CAPTURE(BM_maxpool_torch, fwd, false)->Name("BM_maxpool_fwd_torch")->Args({1, 16, 28})->Args({32, 32, 28})->Args({64, 64, 56});
 BENCHMARK_CAPTURE(BM_maxpool_torch, bwd, true)->Name("BM_maxpool_bwd_torch")->Args({1, 16, 28})->Args({32, 32, 28})->Args({64, 64, 56});
 BENCHMARK_CAPTURE(BM_batchnorm_torch, fwd, false)->Name("BM_batchnorm_fwd_torch")->Args({1, 28})->Args({32, 28})->Args({64, 56});
