@@ -65,39 +65,29 @@ struct Conv2d {
   static bool direct(const Dims<4>& w) {
     return S == 1 && P <= D * (w[2] - 1) && P <= D * (w[3] - 1) && w[2] * w[3] <= backend::cpu::plane_conv::max_taps;
   }
-  /// The forward's planes (the input, padded by P) and the input gradient's (the output gradient,
-  /// padded by D (K - 1) - P: its correlation with the reversed kernel has the input's extents).
+  /// The direct path's plan for one sample: the forward's planes (the input, padded by P) and the input
+  /// gradient's (the output gradient, padded by D (K - 1) - P: its correlation with the reversed kernel
+  /// has the input's extents), and the scratch's layout (offsets in elements, each 64-byte aligned when
+  /// the scratch is): the padded input at 0, the output gradient spread to the input's pitch (gz; the
+  /// forward's outputs use it too), the padded output gradient (gp) and the input gradient's outputs.
   template <class T>
-  static backend::cpu::plane_conv::Geometry<T> forward_planes(const Dims<4>& x, const Dims<4>& w) {
-    return {x[1], x[2], x[3], w[2], w[3], D, P, P};
-  }
-  template <class T>
-  static backend::cpu::plane_conv::Geometry<T> backward_planes(const Dims<4>& o, const Dims<4>& w) {
-    return {o[1], o[2], o[3], w[2], w[3], D, D * (w[2] - 1) - P, D * (w[3] - 1) - P};
-  }
-  /// The direct path's buffers, per sample (offsets in elements, each 64-byte aligned when the scratch
-  /// is): the padded input, the output gradient spread to the input's pitch (the forward's outputs
-  /// use it too), the padded output gradient and the input gradient's outputs.
-  struct DirectBuffers {
-    std::size_t xp, gz, gp, dx_q, size;
+  struct DirectPlan {
+    backend::cpu::plane_conv::Geometry<T> f, b;
+    std::size_t gz, gp, dx_q, size;
+    DirectPlan(const Dims<4>& x, const Dims<4>& w)
+        : f(x[1], x[2], x[3], w[2], w[3], D, P, P), b(w[0], f.HO, f.WO, w[2], w[3], D, D * (w[2] - 1) - P, D * (w[3] - 1) - P) {
+      constexpr std::size_t A = std::max<std::size_t>(1, 64 / sizeof(T));
+      auto up = [](std::size_t n) { return (n + A - 1) / A * A; };
+      gz = up(f.padded_size());
+      gp = gz + up(w[0] * f.Qv);
+      dx_q = gp + up(b.padded_size());
+      size = dx_q + x[1] * b.Qv;
+    }
   };
-  template <class T>
-  static DirectBuffers direct_buffers(const Dims<4>& x, const Dims<4>& w) {
-    const auto f = forward_planes<T>(x, w);
-    const auto b = backward_planes<T>(Dims<4>{x[0], w[0], f.HO, f.WO}, w);
-    constexpr std::size_t A = std::max<std::size_t>(1, 64 / sizeof(T));
-    auto up = [](std::size_t n) { return (n + A - 1) / A * A; };
-    DirectBuffers r{};
-    r.gz = up(f.padded_size());
-    r.gp = r.gz + up(w[0] * f.Qv);
-    r.dx_q = r.gp + up(b.padded_size());
-    r.size = r.dx_q + x[1] * b.Qv;
-    return r;
-  }
   /// Sized for float's vectors, the widest in elements of loom's host dtypes (and the coarsest alignment).
   static std::size_t direct_scratch(const Dims<4>& x, const Dims<4>& w) {
     static_assert(backend::cpu::plane_conv::lanes<float> >= backend::cpu::plane_conv::lanes<double>);
-    return direct_buffers<float>(x, w).size;
+    return DirectPlan<float>(x, w).size;
   }
 
   /// The output columns [lo, hi) whose input column ow * S + kj * D - P lies inside [0, W): the rest
@@ -143,55 +133,8 @@ struct Conv2d {
           tap(k, static_cast<std::ptrdiff_t>(n) * x.strides[0] + static_cast<std::ptrdiff_t>(c) * x.strides[1], ki, kj, lo, hi);
         }
   }
-  /// Stride 1 with the output as wide as the input (3x3 with padding 1, ...) and the input's rows
-  /// contiguous: then the rows of an im2col block that read the input read one contiguous, shifted span.
-  template <class T>
-  static bool by_planes(const detail::View<T, 4>& x, const Dims<4>& o) {
-    return S == 1 && o[3] == x.dims[3] && x.strides[3] == 1 && x.strides[2] == static_cast<std::ptrdiff_t>(x.dims[3]);
-  }
-  /// Walks one sample's im2col matrix a block [Hout*Wout] per (c, ki, kj) when by_planes: calls
-  /// block(b, at, begin, end, oh0, oh1, lo, hi) with b the block's offset in the matrix; its entries
-  /// [begin, end) pair with the input elements from offset `at` on, one for one. Rows outside [oh0, oh1)
-  /// read padding; inside, columns outside [lo, hi) read padding too but their entries in [begin, end)
-  /// pair with an element of the neighbouring row (see zero_wraps). All padding: begin = end = 0.
-  template <class T, class Block>
-  static void for_each_block(const detail::View<T, 4>& x, std::size_t n, const Dims<4>& w, const Dims<4>& o, Block&& block) {
-    const std::size_t H = x.dims[2], W = x.dims[3], HO = o[2], WO = o[3];
-    for_each_tap(x, n, w, o, [&](std::size_t k, std::ptrdiff_t plane, std::size_t ki, std::size_t kj, std::size_t lo, std::size_t hi) {
-      const std::size_t b = k * HO * WO;
-      const auto dv = static_cast<std::ptrdiff_t>(ki * D) - static_cast<std::ptrdiff_t>(P);  // ih = oh + dv
-      const auto dh = static_cast<std::ptrdiff_t>(kj * D) - static_cast<std::ptrdiff_t>(P);  // iw = ow + dh
-      const auto oh0 = static_cast<std::size_t>(std::clamp<std::ptrdiff_t>(-dv, 0, static_cast<std::ptrdiff_t>(HO)));
-      const auto oh1 = static_cast<std::size_t>(
-          std::clamp<std::ptrdiff_t>(static_cast<std::ptrdiff_t>(H) - dv, static_cast<std::ptrdiff_t>(oh0), static_cast<std::ptrdiff_t>(HO)));
-      if (hi == lo || oh1 == oh0) {
-        block(b, std::ptrdiff_t{0}, std::size_t{0}, std::size_t{0}, std::size_t{0}, std::size_t{0}, lo, hi);
-        return;
-      }
-      const auto at = plane + (static_cast<std::ptrdiff_t>(oh0) + dv) * static_cast<std::ptrdiff_t>(W) + static_cast<std::ptrdiff_t>(lo) + dh;
-      block(b, at, oh0 * WO + lo, (oh1 - 1) * WO + hi, oh0, oh1, lo, hi);
-    });
-  }
-  /// Zeroes a block's entries that read padding but pair with a neighbouring row's element: the
-  /// columns [hi, Wout) of one row and [0, lo) of the next, one run per row boundary.
-  template <class T>
-  static void zero_wraps(T* b, std::size_t oh0, std::size_t oh1, std::size_t lo, std::size_t hi, std::size_t WO) {
-    for (std::size_t oh = oh0; oh + 1 < oh1; ++oh)
-      for (std::size_t k = oh * WO + hi; k < (oh + 1) * WO + lo; ++k) b[k] = T{0};
-  }
   template <class T>
   static void im2col(const detail::View<T, 4>& x, std::size_t n, const Dims<4>& w, const Dims<4>& o, T* col) {
-    if (by_planes(x, o)) {  // a copy per block, then its padding
-      const std::size_t HW = o[2] * o[3];
-      for_each_block(x, n, w, o, [&](std::size_t b, std::ptrdiff_t at, std::size_t begin, std::size_t end, std::size_t oh0,
-                                     std::size_t oh1, std::size_t lo, std::size_t hi) {
-        std::fill_n(col + b, begin, T{0});
-        std::copy_n(x.data + at, end - begin, col + b + begin);
-        zero_wraps(col + b, oh0, oh1, lo, hi, o[3]);
-        std::fill_n(col + b + end, HW - end, T{0});
-      });
-      return;
-    }
     const std::size_t WO = o[3];
     const std::ptrdiff_t step = static_cast<std::ptrdiff_t>(S) * x.strides[3];
     for_each_run(x, n, w, o, [&](std::size_t row, std::ptrdiff_t at, std::size_t lo, std::size_t hi) {
@@ -206,19 +149,9 @@ struct Conv2d {
       std::fill_n(r + hi, WO - hi, T{0});
     });
   }
-  /// dx_n += col2im(col); col is scratch (the plane path zeroes its wrapped padding entries).
+  /// dx_n += col2im(col).
   template <class T>
   static void col2im_add(T* col, const detail::View<T, 4>& dx, std::size_t n, const Dims<4>& w, const Dims<4>& o) {
-    if (by_planes(dx, o)) {  // one add per block, its wrapped entries zeroed first (they then add nothing)
-      for_each_block(dx, n, w, o, [&](std::size_t b, std::ptrdiff_t at, std::size_t begin, std::size_t end, std::size_t oh0,
-                                      std::size_t oh1, std::size_t lo, std::size_t hi) {
-        zero_wraps(col + b, oh0, oh1, lo, hi, o[3]);
-        T* dst = dx.data + at;
-        const T* src = col + b + begin;
-        for (std::size_t k = 0; k < end - begin; ++k) dst[k] += src[k];
-      });
-      return;
-    }
     const std::size_t WO = o[3];
     const std::ptrdiff_t step = static_cast<std::ptrdiff_t>(S) * dx.strides[3];
     for_each_run(dx, n, w, o, [&](std::size_t row, std::ptrdiff_t at, std::size_t lo, std::size_t hi) {
@@ -352,9 +285,10 @@ struct Conv2d {
     const std::size_t HW = out.dims[2] * out.dims[3], O = wm.dims[0];
     (void)sample(out, 0);  // checks the layout here: nothing may throw on the threads
     if (direct(w.dims)) {
-      const auto f = forward_planes<T>(x.dims, w.dims);
+      const DirectPlan<T> plan(x.dims, w.dims);
+      const auto& f = plan.f;
       over_samples(x.dims[0], direct_scratch(x.dims, w.dims), col, [&](std::size_t n0, std::size_t n1, T* c, std::size_t, std::size_t) {
-        T* out_q = c + direct_buffers<T>(x.dims, w.dims).gz;
+        T* out_q = c + plan.gz;
         std::fill_n(c, f.padded_size(), T{0});  // the padding, which pad() leaves as it is
         for (std::size_t n = n0; n < n1; ++n) {
           pc::pad(f, x.data + static_cast<std::ptrdiff_t>(n) * x.strides[0], x.strides[1], x.strides[2], x.strides[3], c);
@@ -420,14 +354,13 @@ struct Conv2d {
   void backward_direct(const detail::View<T, 4>& g, const std::pair<detail::View<T, 4>, detail::View<T, 4>>& x, const detail::View<T, 4>& w,
                        const detail::View<T, 2>& dw_t, bool want_w, bool want_x, std::size_t n0, std::size_t n1, T* c) const {
     namespace pc = backend::cpu::plane_conv;
-    const auto f = forward_planes<T>(x.first.dims, w.dims);
-    const auto b = backward_planes<T>(g.dims, w.dims);
+    const DirectPlan<T> plan(x.first.dims, w.dims);
+    const auto &f = plan.f, &b = plan.b;
     const std::size_t O = w.dims[0], C = w.dims[1], KK = w.dims[2] * w.dims[3];
-    const auto buf = direct_buffers<T>(x.first.dims, w.dims);
-    T* const xp = c + buf.xp;
-    T* const gz = c + buf.gz;
-    T* const gp = c + buf.gp;
-    T* const dx_q = c + buf.dx_q;
+    T* const xp = c;
+    T* const gz = c + plan.gz;
+    T* const gp = c + plan.gp;
+    T* const dx_q = c + plan.dx_q;
     const auto& dx = x.second;
     std::fill(xp, dx_q, T{0});  // the padding and the dropped columns, which pad() and spread() leave as they are
     for (std::size_t n = n0; n < n1; ++n) {
