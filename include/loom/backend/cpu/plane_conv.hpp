@@ -12,7 +12,6 @@
 // gradient is a dot kernel: a block of output channels x taps, each a sum over q of g[q] * x[q + tap].
 #pragma once
 #include <Eigen/Core>
-#include <algorithm>
 #include <cstddef>
 
 namespace loom::backend::cpu::plane_conv {
@@ -65,19 +64,27 @@ void copy_row(const T* s, T* d, std::size_t n) {
   if (i < n) Eigen::internal::pstoreu(d + n - V, Eigen::internal::ploadu<P>(s + n - V));
 }
 
+/// Copies a source of C x H x W (element (c, h, w) at src[c * sc + h * sh + w * sw]) into rows of pitch
+/// `row`, channels `plane` apart, from dst on; writes nothing else.
+template <class T>
+void copy_in(const T* src, std::ptrdiff_t sc, std::ptrdiff_t sh, std::ptrdiff_t sw, std::size_t C, std::size_t H, std::size_t W, T* dst,
+             std::size_t plane, std::size_t row) {
+  for (std::size_t c = 0; c < C; ++c)
+    for (std::size_t h = 0; h < H; ++h) {
+      const T* s = src + static_cast<std::ptrdiff_t>(c) * sc + static_cast<std::ptrdiff_t>(h) * sh;
+      T* d = dst + c * plane + h * row;
+      if (sw == 1) copy_row(s, d, W);
+      else
+        for (std::size_t w = 0; w < W; ++w) d[w] = s[static_cast<std::ptrdiff_t>(w) * sw];
+    }
+}
+
 /// Copies channels [0, C) of a source whose element (c, h, w) is src[c * sc + h * sh + w * sw] into the
-/// padded planes dst (padded_size() elements), whose padding is zero: a buffer cleared once (zero())
-/// keeps it from sample to sample, since only the interior is written.
+/// padded planes dst (padded_size() elements). Only the interior is written: the caller clears the
+/// buffer once, and its padding stays zero from sample to sample.
 template <class T>
 void pad(const Geometry<T>& g, const T* src, std::ptrdiff_t sc, std::ptrdiff_t sh, std::ptrdiff_t sw, T* dst) {
-  for (std::size_t c = 0; c < g.C; ++c)
-    for (std::size_t h = 0; h < g.H; ++h) {
-      const T* s = src + static_cast<std::ptrdiff_t>(c) * sc + static_cast<std::ptrdiff_t>(h) * sh;
-      T* d = dst + c * g.plane() + (h + g.pad_h) * g.Wp + g.pad_w;
-      if (sw == 1) copy_row(s, d, g.W);
-      else
-        for (std::size_t w = 0; w < g.W; ++w) d[w] = s[static_cast<std::ptrdiff_t>(w) * sw];
-    }
+  copy_in(src, sc, sh, sw, g.C, g.H, g.W, dst + g.pad_h * g.Wp + g.pad_w, g.plane(), g.Wp);
 }
 
 /// Copies (or adds, Add) the O channels of computed outputs (pitch Wp, Qv per channel) into a
@@ -103,18 +110,11 @@ void unpad(const Geometry<T>& g, std::size_t O, const T* src, T* dst, std::ptrdi
 }
 
 /// dst (O x Qv) = the outputs-shaped source (element (o, h, w) at src[o * so + h * sh + w * sw], h < HO,
-/// w < WO) at the computed outputs' positions, zero elsewhere (kept from a zeroed buffer, as pad()'s):
-/// the output gradient for weight_grad.
+/// w < WO) at the computed outputs' positions; the rest (columns past WO, the tail) stays as the caller
+/// cleared it, zero: the output gradient for weight_grad.
 template <class T>
 void spread(const Geometry<T>& g, std::size_t O, const T* src, std::ptrdiff_t so, std::ptrdiff_t sh, std::ptrdiff_t sw, T* dst) {
-  for (std::size_t o = 0; o < O; ++o)
-    for (std::size_t h = 0; h < g.HO; ++h) {
-      const T* s = src + static_cast<std::ptrdiff_t>(o) * so + static_cast<std::ptrdiff_t>(h) * sh;
-      T* d = dst + o * g.Qv + h * g.Wp;
-      if (sw == 1) copy_row(s, d, g.WO);
-      else
-        for (std::size_t w = 0; w < g.WO; ++w) d[w] = s[static_cast<std::ptrdiff_t>(w) * sw];
-    }
+  copy_in(src, so, sh, sw, O, g.HO, g.WO, dst, g.Qv, g.Wp);
 }
 
 /// out[o][q .. q + SB lanes) for CB output channels: the sum over input channels c and taps t of
