@@ -2,12 +2,21 @@
 //   1. a fused elementwise chain tanh(a * b + c) * 0.5 + a on 1e8 floats: effective bandwidth as a
 //      fraction of a device-to-device copy of the same bytes;
 //   2. matmul through a loom program against cublasSgemm called directly on the same buffers;
-//   3. an MLP 784-256-10 training step (forward, cross-entropy, backward, Adam) per batch size.
+//   3. an MLP 784-256-10 training step (forward, cross-entropy, backward, Adam) per batch size;
+//   4. where each step's time goes: forward, forward + backward and the whole step (Adam) of that MLP at
+//      batch 512 and of examples/fashion_mnist's CNN at batch 64, each timed alone.
+// `bench_gpu --profile-step` skips all that and runs two CNN steps and two MLP steps with only the second
+// of each inside cudaProfilerStart/Stop, for Nsight Compute's per-kernel times:
+//   ncu --clock-control none --profile-from-start off --metrics gpu__time_duration.sum --csv bench_gpu --profile-step
 // Build: nvcc -std=c++20 -O3 --expt-relaxed-constexpr -arch=sm_90 -Iinclude -I/usr/include/eigen3
 //        bench/gpu.cu -lcublas -o gpu_bench     (CMake: the bench_gpu target under -DLOOM_BUILD_BENCH=ON)
 #include <loom/loom.hpp>
 
+#include <cuda_profiler_api.h>
+
+#include <chrono>
 #include <cstdio>
+#include <cstring>
 
 using gpu = loom::cuda;
 using namespace loom;
@@ -83,19 +92,70 @@ void mlp_step(std::size_t batch) {
   Tensor<std::int64_t, Shape<dyn>> yh({batch});
   for (std::size_t i = 0; i < batch; ++i) yh(i) = std::int64_t(i % 10);
   const auto yb = yh.to<gpu>();
-  const auto before = device::allocator_stats().system_allocs;
-  const double ms = time_ms([&] {
+  auto train_step = [&] {
     step.forward(xb, yb);
     step.backward();
     opt.step();
     opt.zero_grad();
-  }, 200);
+  };
+  train_step();  // the first step sizes the buffers; the count below is of the steady state
+  const auto before = device::allocator_stats().system_allocs;
+  const double ms = time_ms(train_step, 200);
   std::printf("MLP 784-256-10 step (Adam), batch %zu: %.1f us; device allocations in the timed steps: %zu\n", batch, ms * 1e3,
               device::allocator_stats().system_allocs - before);
 }
+
+using MLP = nn::Sequential<nn::Linear<784, 256>, nn::ReLU, nn::Linear<256, 10>>;
+using CNN = nn::Sequential<nn::Conv2d<1, 32, 3, 1, 1>, nn::BatchNorm2d<32>, nn::ReLU, nn::MaxPool2d<2>,
+                           nn::Conv2d<32, 64, 3, 1, 1>, nn::BatchNorm2d<64>, nn::ReLU, nn::MaxPool2d<2>, nn::Flatten,
+                           nn::Linear<64 * 7 * 7, 128>, nn::ReLU, nn::Dropout<250>, nn::Linear<128, 10>>;
+
+/// Forward, forward + backward and the whole Adam step of HostNet on inputs of shape S (batch first), each
+/// timed alone; with profile, one step and then a second inside cudaProfilerStart/Stop.
+template <class HostNet, class S>
+void breakdown(const char* name, Dims<S::rank> dims, bool profile) {
+  using Net = nn::on_device_t<HostNet, gpu>;
+  Generator g(4);
+  Net net(g);
+  auto x = input<float, S, gpu>();
+  auto y = input<std::int64_t, Shape<dyn>, gpu>();
+  auto step = compile(nn::cross_entropy(net(x), y));
+  optim::Adam<float, gpu> opt(nn::parameters<float, gpu>(net), {.lr = 1e-3});
+  const auto xb = uniform<float, S, gpu>(g, -1, 1, dims);
+  Tensor<std::int64_t, Shape<dyn>> yh({dims[0]});
+  for (std::size_t i = 0; i < dims[0]; ++i) yh(i) = std::int64_t(i % 10);
+  const auto yb = yh.to<gpu>();
+  auto full = [&] {
+    step.forward(xb, yb);
+    step.backward();
+    opt.step_and_zero_grad();
+  };
+  if (profile) {
+    full();
+    device::synchronize();
+    LOOM_CUDA_CHECK(cudaProfilerStart());
+    full();
+    device::synchronize();
+    LOOM_CUDA_CHECK(cudaProfilerStop());
+    return;
+  }
+  const double f = time_ms([&] { step.forward(xb, yb); }, 100);
+  const double fb = time_ms([&] { step.forward(xb, yb); step.backward(); opt.zero_grad(); }, 100);
+  const double all = time_ms(full, 100);
+  // The host's side alone: the same step's calls timed on the host clock without waiting for the GPU
+  // between steps (the launch queue fills, so this is the larger of the host's and the GPU's time).
+  device::synchronize();
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < 100; ++i) full();
+  const double host_enqueue = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / 100;
+  device::synchronize();
+  std::printf("%s, batch %zu: forward %.1f us, forward + backward %.1f us, step (Adam) %.1f us; step's calls on the host "
+              "clock without waiting %.1f us\n", name, dims[0], f * 1e3, fb * 1e3, all * 1e3, host_enqueue * 1e3);
+}
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
+  const bool profile = argc > 1 && std::strcmp(argv[1], "--profile-step") == 0;
   if (!device::gpu_available()) {
     std::printf("SKIPPED: no CUDA device is visible\n");
     return 77;
@@ -103,8 +163,15 @@ int main() {
   cudaDeviceProp prop{};
   LOOM_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
   std::printf("device: %s\n", prop.name);
+  if (profile) {
+    breakdown<CNN, Shape<dyn, 1, 28, 28>>("CNN", {64, 1, 28, 28}, true);
+    breakdown<MLP, Shape<dyn, 784>>("MLP", {512, 784}, true);
+    return 0;
+  }
   chain_bandwidth();
   for (std::size_t s : {1024, 4096}) matmul_vs_cublas(s, s, s);
   matmul_vs_cublas(64, 784, 256);
   for (std::size_t b : {1, 64, 512}) mlp_step(b);
+  breakdown<MLP, Shape<dyn, 784>>("MLP 784-256-10", {512, 784}, false);
+  breakdown<CNN, Shape<dyn, 1, 28, 28>>("CNN (examples/fashion_mnist)", {64, 1, 28, 28}, false);
 }

@@ -160,6 +160,16 @@ TEST_CASE("device: conv2d (im2col + GEMM) and pooling match the host") {
     same_on_both([](const auto& a, const auto& b) { return conv2d<1, 1>(a, b); }, 1e-4, x, w);
     same_on_both([](const auto& a, const auto& b) { return conv2d<2, 0, 2>(a, b); }, 1e-4, x, w);
   }
+  SUBCASE("conv2d in chunks of samples (a workspace limit below the batch's column buffers)") {
+    auto x3 = twin<Shape<3, 3, 9, 8>>(42);
+    const std::size_t limit = loom::device::conv_workspace_limit();
+    // per sample: im2col 27 x 72 = 1944 elements, the weight gradient's product 4 x 27 = 108
+    for (const std::size_t chunk_limit : {std::size_t{1}, std::size_t{2 * (1944 + 108)}}) {
+      loom::device::conv_workspace_limit() = chunk_limit;  // chunks of 1, then of 2 + 1 samples
+      same_on_both([](const auto& a, const auto& b) { return conv2d<1, 1>(a, b); }, 1e-4, x3, w);
+    }
+    loom::device::conv_workspace_limit() = limit;
+  }
   SUBCASE("max and average pooling, with overlapping windows") {
     same_on_both([](const auto& a) { return max_pool2d<2>(a) * 2.0f; }, 1e-5, x);
     same_on_both([](const auto& a) { return max_pool2d<3, 2>(a) + avg_pool2d<3, 2>(a); }, 1e-5, x);

@@ -33,6 +33,16 @@ constexpr std::size_t conv_out(std::size_t in, std::size_t k, std::size_t s, std
 }
 }  // namespace detail
 
+namespace device {
+/// The most elements a device convolution holds in column buffers at once (the im2col matrices of a chunk
+/// of samples, and the weight gradient's per-sample products); larger batches run in chunks of samples.
+/// Default 2^26 (256 MB of floats); lower it where device memory is tight.
+inline std::size_t& conv_workspace_limit() {
+  static std::size_t elements = std::size_t{1} << 26;
+  return elements;
+}
+}  // namespace device
+
 namespace ops {
 
 template <std::size_t S, std::size_t P, std::size_t D>
@@ -179,32 +189,36 @@ struct Conv2d {
     return {v.data + static_cast<std::ptrdiff_t>(n) * v.strides[0], {v.dims[1], v.dims[2] * v.dims[3]}, {v.strides[1], 1}};
   }
 
-  // ---- device: im2col and col2im as kernels (col2im gathers per input element: no atomics), GEMMs on
-  // the device (cuBLAS on CUDA), one sample at a time through the same scratch as the host ----------------
-  /// The im2col matrix of one sample: element e = ((c KH + ki) KW + kj) HO WO + oh WO + ow.
+  // ---- device: the samples in chunks; per chunk im2col and col2im are one kernel each (col2im gathers per
+  // input element: no atomics) and each product one strided-batched GEMM (cuBLAS on CUDA); the weight
+  // gradient's per-sample products are summed over the chunk by one more kernel. The column buffers come
+  // from the device memory cache (reused from the first step on), within device::conv_workspace_limit() ---
+  /// The im2col matrices of samples n0, n0 + 1, ...: element e = n per + ((c KH + ki) KW + kj) HO WO + oh WO + ow.
   template <class T>
   struct Im2Col {
     const T* x;
-    std::ptrdiff_t s1, s2, s3;
-    std::size_t H, W, KH, KW, HO, WO;
+    std::ptrdiff_t s0, s1, s2, s3;
+    std::size_t H, W, KH, KW, HO, WO, per;
     T* col;
     LOOM_HOST_DEVICE void operator()(std::size_t e) const {
-      const std::size_t ow = e % WO, oh = (e / WO) % HO, r = e / (WO * HO), kj = r % KW, ki = (r / KW) % KH, c = r / (KW * KH);
+      const std::size_t n = e / per, f = e % per;
+      const std::size_t ow = f % WO, oh = (f / WO) % HO, r = f / (WO * HO), kj = r % KW, ki = (r / KW) % KH, c = r / (KW * KH);
       const auto ih = static_cast<std::ptrdiff_t>(oh * S + ki * D) - static_cast<std::ptrdiff_t>(P);
       const auto iw = static_cast<std::ptrdiff_t>(ow * S + kj * D) - static_cast<std::ptrdiff_t>(P);
       const bool in = ih >= 0 && ih < static_cast<std::ptrdiff_t>(H) && iw >= 0 && iw < static_cast<std::ptrdiff_t>(W);
-      col[e] = in ? x[static_cast<std::ptrdiff_t>(c) * s1 + ih * s2 + iw * s3] : T{0};
+      col[e] = in ? x[static_cast<std::ptrdiff_t>(n) * s0 + static_cast<std::ptrdiff_t>(c) * s1 + ih * s2 + iw * s3] : T{0};
     }
   };
-  /// dx[c, ih, iw] += every column entry that im2col read from there.
+  /// dx[n, c, ih, iw] += every entry of sample n's column matrix that im2col read from there.
   template <class T>
   struct Col2Im {
     const T* col;
     T* dx;
-    std::ptrdiff_t s1, s2, s3;
-    std::size_t H, W, KH, KW, HO, WO;
+    std::ptrdiff_t s0, s1, s2, s3;
+    std::size_t C, H, W, KH, KW, HO, WO, per;
     LOOM_HOST_DEVICE void operator()(std::size_t e) const {
-      const std::size_t iw = e % W, ih = (e / W) % H, c = e / (W * H);
+      const std::size_t iw = e % W, ih = (e / W) % H, c = (e / (W * H)) % C, n = e / (W * H * C);
+      const T* cn = col + n * per;
       T acc{0};
       for (std::size_t ki = 0; ki < KH; ++ki) {
         const auto y = static_cast<std::ptrdiff_t>(ih + P) - static_cast<std::ptrdiff_t>(ki * D);  // = oh * S
@@ -212,47 +226,80 @@ struct Conv2d {
         for (std::size_t kj = 0; kj < KW; ++kj) {
           const auto z = static_cast<std::ptrdiff_t>(iw + P) - static_cast<std::ptrdiff_t>(kj * D);
           if (z < 0 || z % static_cast<std::ptrdiff_t>(S) != 0 || static_cast<std::size_t>(z) / S >= WO) continue;
-          acc += col[((c * KH + ki) * KW + kj) * HO * WO + (static_cast<std::size_t>(y) / S) * WO + static_cast<std::size_t>(z) / S];
+          acc += cn[((c * KH + ki) * KW + kj) * HO * WO + (static_cast<std::size_t>(y) / S) * WO + static_cast<std::size_t>(z) / S];
         }
       }
-      dx[static_cast<std::ptrdiff_t>(c) * s1 + static_cast<std::ptrdiff_t>(ih) * s2 + static_cast<std::ptrdiff_t>(iw) * s3] += acc;
+      dx[static_cast<std::ptrdiff_t>(n) * s0 + static_cast<std::ptrdiff_t>(c) * s1 + static_cast<std::ptrdiff_t>(ih) * s2 +
+         static_cast<std::ptrdiff_t>(iw) * s3] += acc;
+    }
+  };
+  /// dW[o, r] += the chunk's per-sample products part[n, o, r], in sample order.
+  template <class T>
+  struct AddSamples {
+    const T* part;
+    T* dw;
+    std::ptrdiff_t ds0;
+    std::size_t cols, size, samples;
+    LOOM_HOST_DEVICE void operator()(std::size_t e) const {
+      T acc = part[e];
+      for (std::size_t n = 1; n < samples; ++n) acc += part[n * size + e];
+      dw[static_cast<std::ptrdiff_t>(e / cols) * ds0 + static_cast<std::ptrdiff_t>(e % cols)] += acc;
     }
   };
   template <class T>
-  static void device_im2col(const detail::View<T, 4>& x, std::size_t n, const Dims<4>& w, const Dims<4>& o, T* col) {
-    backend::device::for_n(x.dims[1] * w[2] * w[3] * o[2] * o[3],
-                           Im2Col<T>{x.data + static_cast<std::ptrdiff_t>(n) * x.strides[0], x.strides[1], x.strides[2], x.strides[3],
-                                     x.dims[2], x.dims[3], w[2], w[3], o[2], o[3], col});
+  static void device_im2col(const detail::View<T, 4>& x, std::size_t n0, std::size_t nb, const Dims<4>& w, const Dims<4>& o,
+                            T* col) {
+    const std::size_t per = x.dims[1] * w[2] * w[3] * o[2] * o[3];
+    backend::device::for_n(nb * per, Im2Col<T>{x.data + static_cast<std::ptrdiff_t>(n0) * x.strides[0], x.strides[0], x.strides[1],
+                                               x.strides[2], x.strides[3], x.dims[2], x.dims[3], w[2], w[3], o[2], o[3], per, col});
+  }
+  /// Samples per chunk: as many as keep the buffers (`per_sample` elements per sample) within the limit.
+  static std::size_t device_chunk(std::size_t samples, std::size_t per_sample) {
+    return std::clamp<std::size_t>(device::conv_workspace_limit() / std::max<std::size_t>(per_sample, 1), 1,
+                                   std::max<std::size_t>(samples, 1));
   }
   template <class Dev, class T>
     requires(!HostDevice<Dev>)
-  void forward(on<Dev>, const detail::View<T, 4>& out, const detail::View<T, 4>& x, const detail::View<T, 4>& w, T* col) const {
+  void forward(on<Dev>, const detail::View<T, 4>& out, const detail::View<T, 4>& x, const detail::View<T, 4>& w, T*) const {
     const auto wm = weight_matrix(w);
-    const std::size_t HW = out.dims[2] * out.dims[3];
-    for (std::size_t n = 0; n < x.dims[0]; ++n) {
-      device_im2col(x, n, w.dims, out.dims, col);
-      backend::device::gemm(sample(out, n), wm, detail::View<T, 2>{col, {wm.dims[1], HW}, {static_cast<std::ptrdiff_t>(HW), 1}}, false);
+    const std::size_t HW = out.dims[2] * out.dims[3], per = wm.dims[1] * HW, N = x.dims[0], chunk = device_chunk(N, per);
+    auto col = detail::DeviceMemory<Dev>::template allocate<T>(chunk * per);
+    const detail::View<T, 2> cv{col.get(), {wm.dims[1], HW}, {static_cast<std::ptrdiff_t>(HW), 1}};
+    for (std::size_t n0 = 0; n0 < N; n0 += chunk) {
+      const std::size_t nb = std::min(chunk, N - n0);
+      device_im2col(x, n0, nb, w.dims, out.dims, col.get());
+      backend::device::gemm_batched(sample(out, n0), wm, cv, false, nb, out.strides[0], 0, static_cast<std::ptrdiff_t>(per));
     }
   }
   template <class Dev, class T>
     requires(!HostDevice<Dev>)
   void backward(on<Dev>, const detail::View<T, 4>& g, const detail::View<T, 4>& out,
                 const std::pair<detail::View<T, 4>, detail::View<T, 4>>& x,
-                const std::pair<detail::View<T, 4>, detail::View<T, 4>>& w, T* col) const {
+                const std::pair<detail::View<T, 4>, detail::View<T, 4>>& w, T*) const {
     const auto wm = weight_matrix(w.first);
-    const std::size_t HW = out.dims[2] * out.dims[3];
-    const detail::View<T, 2> cv{col, {wm.dims[1], HW}, {static_cast<std::ptrdiff_t>(HW), 1}};
     const auto& dx = x.second;
-    for (std::size_t n = 0; n < x.first.dims[0]; ++n) {
+    const std::size_t HW = out.dims[2] * out.dims[3], CKK = wm.dims[1], per = CKK * HW, N = x.first.dims[0];
+    const std::size_t wsize = wm.dims[0] * CKK, chunk = device_chunk(N, per + (w.second.data ? wsize : 0));
+    auto col = detail::DeviceMemory<Dev>::template allocate<T>(chunk * per);
+    decltype(col) part;  // the weight gradient's per-sample products, where it is wanted
+    if (w.second.data) part = detail::DeviceMemory<Dev>::template allocate<T>(chunk * wsize);
+    const detail::View<T, 2> cv{col.get(), {CKK, HW}, {static_cast<std::ptrdiff_t>(HW), 1}};
+    const auto bg = g.strides[0], bcol = static_cast<std::ptrdiff_t>(per);
+    for (std::size_t n0 = 0; n0 < N; n0 += chunk) {
+      const std::size_t nb = std::min(chunk, N - n0);
       if (w.second.data) {
-        device_im2col(x.first, n, w.first.dims, out.dims, col);
-        backend::device::gemm(weight_matrix(w.second), sample(g, n), backend::cpu::transposed(cv), true);
+        device_im2col(x.first, n0, nb, w.first.dims, out.dims, col.get());
+        backend::device::gemm_batched(detail::View<T, 2>{part.get(), {wm.dims[0], CKK}, {static_cast<std::ptrdiff_t>(CKK), 1}}, sample(g, n0),
+                                      backend::cpu::transposed(cv), false, nb, static_cast<std::ptrdiff_t>(wsize), bg, bcol);
+        const auto dwm = weight_matrix(w.second);
+        backend::device::for_n(wsize, AddSamples<T>{part.get(), dwm.data, dwm.strides[0], CKK, wsize, nb});
       }
       if (dx.data) {
-        backend::device::gemm(cv, backend::cpu::transposed(wm), sample(g, n), false);
-        backend::device::for_n(dx.dims[1] * dx.dims[2] * dx.dims[3],
-                               Col2Im<T>{col, dx.data + static_cast<std::ptrdiff_t>(n) * dx.strides[0], dx.strides[1], dx.strides[2],
-                                         dx.strides[3], dx.dims[2], dx.dims[3], w.first.dims[2], w.first.dims[3], out.dims[2], out.dims[3]});
+        backend::device::gemm_batched(cv, backend::cpu::transposed(wm), sample(g, n0), false, nb, bcol, 0, bg);
+        backend::device::for_n(nb * dx.dims[1] * dx.dims[2] * dx.dims[3],
+                               Col2Im<T>{col.get(), dx.data + static_cast<std::ptrdiff_t>(n0) * dx.strides[0], dx.strides[0], dx.strides[1],
+                                         dx.strides[2], dx.strides[3], dx.dims[1], dx.dims[2], dx.dims[3], w.first.dims[2],
+                                         w.first.dims[3], out.dims[2], out.dims[3], per});
       }
     }
   }

@@ -4,8 +4,9 @@
 // Outputs that reduce (a sum, a max, the gradient of a broadcast operand) run one thread per output
 // element when the reduced axes are outer ones (adjacent threads read adjacent elements); on CUDA a
 // reduction along the innermost axis (a row sum, softmax's max) runs one block per output element,
-// combined by CUB's BlockReduce (the same kernel); few outputs with long reductions are split over
-// partial results reduced again.
+// combined by CUB's BlockReduce, and where either would leave the GPU idle (few outputs, long
+// reductions: a bias gradient, a loss) each output's terms are split over many threads whose partial
+// results a block per output combines.
 #pragma once
 #include <thrust/for_each.h>
 #include <thrust/iterator/counting_iterator.h>
@@ -252,54 +253,115 @@ struct ArrayTerm {
   LOOM_HOST_DEVICE V operator()(std::size_t i) const { return p[i]; }
 };
 
-/// *dst (M)= f(0) (M) ... (M) f(n - 1) for n >= 1 (`into`: combined with *dst, else overwriting it). Long
-/// reductions go through partial results (up to 8192 of them, from the cache), reduced again.
-template <Mode M, class V, class F>
-void reduce_into(std::size_t n, const F& f, V* dst, bool into) {
-  if (n <= 2048) {
-    launch(1, PartialKernel<M, V, F>{f, n, 1, dst, into});
-    return;
-  }
-  const std::size_t parts = std::min<std::size_t>(8192, n / 32);
-  auto tmp = loom::detail::DeviceMemory<loom::cuda>::allocate<V>(parts);  // reused in stream order
-  launch(parts, PartialKernel<M, V, F>{f, n, parts, tmp.get(), false});
-  reduce_into<M>(parts, ArrayTerm<V>{tmp.get()}, dst, into);
-}
-
 #if defined(LOOM_CUDA)
 template <Mode M>
 struct CombineOp {
   template <class V>
   __device__ V operator()(const V& a, const V& b) const { return combine<M>(a, b); }
 };
-/// The reducing outputs' one kernel (one instantiation per output type, its expression inlined once):
-/// `per_block` — a block of 256 threads per output element, reading adjacent terms (a reduction along
-/// the innermost axis), combined by CUB's BlockReduce; otherwise a thread per output element (adjacent
-/// threads read adjacent elements when the reduced axes are outer ones).
-template <class K>
-__global__ void __launch_bounds__(256) reduce_kernel(K k, std::size_t n_out, bool per_block) {
-  using V = typename K::value_type;
+/// The one block reduction: output j (a block each, grid-stride) is the combination of term(j, 0), ...,
+/// term(j, len - 1), read by 256 threads (adjacent threads adjacent i) and combined by CUB's BlockReduce in
+/// a fixed order (deterministic); store(j, value) writes it.
+template <Mode M, class V, class Term, class Store>
+__global__ void __launch_bounds__(256) block_reduce_kernel(Term term, std::size_t len, std::size_t n_out, Store store) {
   using Reduce = cub::BlockReduce<V, 256>;
   __shared__ typename Reduce::TempStorage tmp;
-  const std::size_t j0 = per_block ? blockIdx.x : static_cast<std::size_t>(blockIdx.x) * 256 + threadIdx.x;
-  const std::size_t j_step = per_block ? gridDim.x : static_cast<std::size_t>(gridDim.x) * 256;
-  const std::size_t r0 = per_block ? threadIdx.x : 0, r_step = per_block ? 256 : 1;
-  for (std::size_t j = j0; j < n_out; j += j_step) {  // (per block: uniform over the block)
+  for (std::size_t j = blockIdx.x; j < n_out; j += gridDim.x) {  // uniform over the block
     V acc{};
-    for (std::size_t r = r0; r < k.n_red; r += r_step) {
-      const V v = k.value(j, r);
-      acc = r == r0 ? v : combine<K::mode>(acc, v);
+    for (std::size_t i = threadIdx.x; i < len; i += 256) {
+      const V v = static_cast<V>(term(j, i));
+      acc = i == threadIdx.x ? v : combine<M>(acc, v);
     }
-    if (!per_block) {
-      k.store(j, acc);
-      continue;
-    }
-    const int valid = static_cast<int>(k.n_red < 256 ? k.n_red : 256);
-    const V all = Reduce(tmp).Reduce(acc, CombineOp<K::mode>{}, valid);
-    if (threadIdx.x == 0) k.store(j, all);
-    __syncthreads();  // tmp is reused by the next output element
+    const V all = Reduce(tmp).Reduce(acc, CombineOp<M>{}, static_cast<int>(len < 256 ? len : 256));
+    if (threadIdx.x == 0) store(j, all);
+    __syncthreads();  // tmp is reused by the next output
   }
 }
+template <Mode M, class V, class Term, class Store>
+void block_reduce(std::size_t len, std::size_t n_out, const Term& term, const Store& store) {
+  if (n_out == 0 || len == 0) return;
+  block_reduce_kernel<M, V><<<static_cast<unsigned>(std::min<std::size_t>(n_out, std::size_t{1} << 16)), 256, 0,
+                              loom::device::current_stream()>>>(term, len, n_out, store);
+  LOOM_CUDA_CHECK(cudaGetLastError());
+  ++kernel_stats().kernels;
+}
+/// Term / store adaptors: one sequence f(i); partial results at part[j * sj + i * si].
+template <class F>
+struct OneTerm {
+  F f;
+  LOOM_HOST_DEVICE auto operator()(std::size_t, std::size_t i) const { return f(i); }
+};
+template <class V>
+struct PartTerm {
+  const V* part;
+  std::size_t sj, si;
+  LOOM_HOST_DEVICE V operator()(std::size_t j, std::size_t i) const { return part[j * sj + i * si]; }
+};
+template <Mode M, class V>
+struct StoreOne {
+  V* dst;
+  bool into;
+  LOOM_HOST_DEVICE void operator()(std::size_t, V v) const { *dst = into ? combine<M>(*dst, v) : v; }
+};
+template <class V>
+struct StoreArray {
+  V* dst;
+  LOOM_HOST_DEVICE void operator()(std::size_t j, V v) const { dst[j] = v; }
+};
+#endif
+
+/// *dst (M)= f(0) (M) ... (M) f(n - 1) for n >= 1 (`into`: combined with *dst, else overwriting it). Long
+/// reductions go through partial results (from the cache), reduced again. CUDA: up to 4096 terms are one
+/// block's; beyond, up to 2^17 partials of 16 or more terms each. Host systems: one thread's up to 2048,
+/// beyond, up to 8192 partials.
+template <Mode M, class V, class F>
+void reduce_into(std::size_t n, const F& f, V* dst, bool into) {
+#if defined(LOOM_CUDA)
+  if (n <= 4096) {
+    block_reduce<M, V>(n, 1, OneTerm<F>{f}, StoreOne<M, V>{dst, into});
+    return;
+  }
+  const std::size_t parts = std::min<std::size_t>(std::size_t{1} << 17, n / 16);
+#else
+  if (n <= 2048) {
+    launch(1, PartialKernel<M, V, F>{f, n, 1, dst, into});
+    return;
+  }
+  const std::size_t parts = std::min<std::size_t>(8192, n / 32);
+#endif
+  auto tmp = loom::detail::DeviceMemory<loom::cuda>::allocate<V>(parts);  // reused in stream order
+  launch(parts, PartialKernel<M, V, F>{f, n, parts, tmp.get(), false});
+  reduce_into<M>(parts, ArrayTerm<V>{tmp.get()}, dst, into);
+}
+
+#if defined(LOOM_CUDA)
+/// Term j, r of a reducing output, and its store.
+template <class K>
+struct KernelTerm {
+  K k;
+  LOOM_HOST_DEVICE typename K::value_type operator()(std::size_t j, std::size_t r) const { return k.value(j, r); }
+};
+template <class K>
+struct KernelStore {
+  K k;
+  LOOM_HOST_DEVICE void operator()(std::size_t j, typename K::value_type v) const { k.store(j, v); }
+};
+/// Split reductions, first pass: thread t combines terms p, p + P, p + 2P, ... of output j into part[t].
+/// `inner` (the innermost axis is reduced): j = t / P, p = t % P, so adjacent threads read adjacent terms;
+/// otherwise j = t % n_out, p = t / n_out, so adjacent threads read adjacent outputs' terms.
+template <class K>
+struct SplitPartial {
+  K k;
+  std::size_t P, n_out;
+  bool inner;
+  typename K::value_type* part;
+  LOOM_HOST_DEVICE void operator()(std::size_t t) const {
+    const std::size_t j = inner ? t / P : t % n_out, p = inner ? t % P : t / n_out;
+    auto acc = k.value(j, p);
+    for (std::size_t r = p + P; r < k.n_red; r += P) acc = combine<K::mode>(acc, k.value(j, r));
+    part[t] = acc;
+  }
+};
 #endif
 
 template <std::size_t R, class O>
@@ -309,9 +371,14 @@ struct ReduceValue {  // the r-th term of output element j
   LOOM_HOST_DEVICE typename O::value_type operator()(std::size_t r) const { return k.value(j, r); }
 };
 
+/// One reducing output. CUDA: along the innermost axis a block per output element; along outer axes a
+/// thread per output element; where that leaves the GPU idle (few outputs, long reductions), each
+/// output's terms are split over P threads and the partials reduced by a block per output. Host systems:
+/// a thread per output element, or few long reductions split by reduce_into.
 template <std::size_t R, class O>
 void run_reduce(const Dims<R>& dims, const O& o) {
-  ReduceKernel<R, O> k{{}, {}, 1, o};
+  using K = ReduceKernel<R, O>;
+  K k{{}, {}, 1, o};
   std::size_t n_out = 1;
   for (std::size_t a = 0; a < R; ++a) {
     const bool reduced = o.d.st[a] == 0 && dims[a] > 1;
@@ -320,22 +387,32 @@ void run_reduce(const Dims<R>& dims, const O& o) {
     k.n_red *= k.red[a];
     n_out *= k.kept[a];
   }
+#if defined(LOOM_CUDA)
+  bool inner = false;
+  if constexpr (R > 0) inner = k.red[R - 1] > 1 && k.n_red >= 32;
+  // Split where the plain kernels would run under 2^16 threads with 32 or more terms each: P partials per
+  // output (16 or more terms each, at most 1024 for the blocks that combine them).
+  const std::size_t threads = inner ? n_out * 256 : n_out, terms = inner ? k.n_red / 256 : k.n_red;
+  if (threads < (std::size_t{1} << 16) && terms >= 32) {
+    const std::size_t P = std::clamp<std::size_t>((std::size_t{1} << 16) / n_out, 2, std::min<std::size_t>(1024, k.n_red / 16));
+    using V = typename O::value_type;
+    auto part = loom::detail::DeviceMemory<loom::cuda>::allocate<V>(n_out * P);  // from the cache, in stream order
+    launch(n_out * P, SplitPartial<K>{k, P, n_out, inner, part.get()});
+    block_reduce<O::mode, V>(P, n_out, PartTerm<V>{part.get(), inner ? P : 1, inner ? 1 : n_out}, KernelStore<K>{k});
+    return;
+  }
+  if (inner) {
+    block_reduce<O::mode, typename O::value_type>(k.n_red, n_out, KernelTerm<K>{k}, KernelStore<K>{k});
+    return;
+  }
+#else
   if (n_out <= 64 && k.n_red >= 4096) {  // few, long reductions: each split over many threads
     for (std::size_t j = 0; j < n_out; ++j)
       reduce_into<O::mode>(k.n_red, ReduceValue<R, O>{k, j}, o.d.base + offset(k.index(j, 0), o.d.st), true);
     return;
   }
-#if defined(LOOM_CUDA)
-  bool per_block = false;  // along the innermost axis: a block per output element
-  if constexpr (R > 0) per_block = k.red[R - 1] > 1 && k.n_red >= 32;
-  const std::size_t blocks = per_block ? n_out : (n_out + 255) / 256;
-  reduce_kernel<<<static_cast<unsigned>(std::min<std::size_t>(blocks, std::size_t{1} << 16)), 256, 0,
-                  loom::device::current_stream()>>>(k, n_out, per_block);
-  LOOM_CUDA_CHECK(cudaGetLastError());
-  ++kernel_stats().kernels;
-#else
-  launch(n_out, k);
 #endif
+  launch(n_out, k);  // a thread per output element
 }
 
 template <std::size_t R, class O>
@@ -410,10 +487,18 @@ struct SegmentTotal {
 template <class F>
 void segment_sums(std::size_t segs, std::size_t len, const F& f, double* dst) {
   if (segs == 0) return;
+#if defined(LOOM_CUDA)  // partials of 16 or more terms, combined by a block per segment
+  const std::size_t parts = std::clamp<std::size_t>(len / 16, 1, 1024);
+#else
   const std::size_t parts = std::clamp<std::size_t>(len / 64, 1, 256);
+#endif
   auto tmp = loom::detail::DeviceMemory<loom::cuda>::allocate<double>(segs * parts);  // from the cache
   launch(segs * parts, SegmentPartial<F>{f, len, parts, tmp.get()});
+#if defined(LOOM_CUDA)
+  block_reduce<Mode::add, double>(parts, segs, PartTerm<double>{tmp.get(), parts, 1}, StoreArray<double>{dst});
+#else
   launch(segs, SegmentTotal{tmp.get(), parts, dst});
+#endif
 }
 
 }  // namespace loom::backend::device
