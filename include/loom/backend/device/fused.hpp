@@ -391,10 +391,11 @@ void run_reduce(const Dims<R>& dims, const O& o) {
   bool inner = false;
   if constexpr (R > 0) inner = k.red[R - 1] > 1 && k.n_red >= 32;
   // Split where the plain kernels would run under 2^16 threads with 32 or more terms each: P partials per
-  // output (16 or more terms each, at most 1024 for the blocks that combine them).
+  // output (16 or more terms each, 2^17 threads in all at most, 4096 per output for the blocks that
+  // combine them).
   const std::size_t threads = inner ? n_out * 256 : n_out, terms = inner ? k.n_red / 256 : k.n_red;
   if (threads < (std::size_t{1} << 16) && terms >= 32) {
-    const std::size_t P = std::clamp<std::size_t>((std::size_t{1} << 16) / n_out, 2, std::min<std::size_t>(1024, k.n_red / 16));
+    const std::size_t P = std::clamp<std::size_t>((std::size_t{1} << 17) / n_out, 2, std::min<std::size_t>(4096, k.n_red / 16));
     using V = typename O::value_type;
     auto part = loom::detail::DeviceMemory<loom::cuda>::allocate<V>(n_out * P);  // from the cache, in stream order
     launch(n_out * P, SplitPartial<K>{k, P, n_out, inner, part.get()});
@@ -488,7 +489,7 @@ template <class F>
 void segment_sums(std::size_t segs, std::size_t len, const F& f, double* dst) {
   if (segs == 0) return;
 #if defined(LOOM_CUDA)  // partials of 16 or more terms, combined by a block per segment
-  const std::size_t parts = std::clamp<std::size_t>(len / 16, 1, 1024);
+  const std::size_t parts = std::clamp<std::size_t>(len / 16, 1, 4096);
 #else
   const std::size_t parts = std::clamp<std::size_t>(len / 64, 1, 256);
 #endif

@@ -1,6 +1,6 @@
 // loom/backend/device/gemm.hpp — C (+)= A B on strided 2-D device views. On CUDA: cuBLAS (one handle
-// per thread, on the current stream) for operands with a unit stride in either axis, a plain kernel
-// otherwise; batched products with uniform batch strides are one cublas<T>gemmStridedBatched call. On
+// per thread, on the current stream) for operands with a unit stride in either axis (a column-major C as
+// the product C^T = B^T A^T), a plain kernel otherwise; batched products with uniform batch strides are one cublas<T>gemmStridedBatched call. On
 // the host device systems (OMP/CPP, how CI runs the device path): the same plain kernel.
 #pragma once
 #include "../exec.hpp"
@@ -81,6 +81,15 @@ void gemm_batched(const loom::detail::View<T, 2>& C, const loom::detail::View<T,
   if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
     // Row-major C = A B is column-major C^T = B^T A^T: cuBLAS computes C^T with "A" := B, "B" := A.
     const auto oc = detail::as_cublas(C), oa = detail::as_cublas(A), ob = detail::as_cublas(B);
+    if (oc.ok && oc.trans && oa.ok && ob.ok) {  // a column-major C (a transposed weight's gradient): C^T = B^T A^T
+      auto t = [](loom::detail::View<T, 2> v) {
+        std::swap(v.dims[0], v.dims[1]);
+        std::swap(v.strides[0], v.strides[1]);
+        return v;
+      };
+      gemm_batched(t(C), t(B), t(A), accumulate, batches, bc, bb, ba);
+      return;
+    }
     if (oc.ok && !oc.trans && oa.ok && ob.ok) {
       if (k == 0) {
         if (!accumulate) gemm_kernel(C, A, B, false, batches, bc, ba, bb);
