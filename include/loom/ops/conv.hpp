@@ -61,8 +61,9 @@ struct Conv2d {
                         " do not fit (channels differ or the kernel is larger than the padded input)");
     return {x[0], w[0], ho, wo};
   }
-  /// One sample's im2col matrix [Cin*K*K, Hout*Wout] (a device, strides > 1), or at least the direct
-  /// path's buffers (the host at stride 1), whichever is larger.
+  /// One sample's im2col matrix [Cin*K*K, Hout*Wout] (the host at strides > 1), or at least the direct
+  /// path's buffers (the host at stride 1), whichever is larger. (A device does not use it: its column
+  /// buffers hold a chunk of samples and come from the device memory cache.)
   std::size_t scratch(const Dims<4>& x, const Dims<4>& w) const {
     const auto o = dims(x, w);
     const std::size_t im2col = x[1] * w[2] * w[3] * o[2] * o[3];
