@@ -149,7 +149,7 @@ void breakdown(const char* name, Dims<S::rank> dims, bool profile) {
   for (int i = 0; i < 100; ++i) full();
   const double host_enqueue = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / 100;
   device::synchronize();
-  std::printf("%s, batch %zu: forward %.1f us, forward + backward %.1f us, step (Adam) %.1f us; step's calls on the host "
+  std::printf("%s, batch %zu: forward %.1f us, forward + backward (+ zero_grad) %.1f us, step (Adam) %.1f us; step's calls on the host "
               "clock without waiting %.1f us\n", name, dims[0], f * 1e3, fb * 1e3, all * 1e3, host_enqueue * 1e3);
 }
 }  // namespace

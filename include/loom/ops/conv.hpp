@@ -251,8 +251,9 @@ struct Conv2d {
   static void device_im2col(const detail::View<T, 4>& x, std::size_t n0, std::size_t nb, const Dims<4>& w, const Dims<4>& o,
                             T* col) {
     const std::size_t per = x.dims[1] * w[2] * w[3] * o[2] * o[3];
-    backend::device::for_n(nb * per, Im2Col<T>{x.data + static_cast<std::ptrdiff_t>(n0) * x.strides[0], x.strides[0], x.strides[1],
-                                               x.strides[2], x.strides[3], x.dims[2], x.dims[3], w[2], w[3], o[2], o[3], per, col});
+    backend::device::for_n(nb * per, Im2Col<T>{x.data + static_cast<std::ptrdiff_t>(n0) * x.strides[0], x.strides[0],
+                                               x.strides[1], x.strides[2], x.strides[3], x.dims[2], x.dims[3], w[2], w[3], o[2],
+                                               o[3], per, col});
   }
   /// Samples per chunk: as many as keep the buffers (`per_sample` elements per sample) within the limit.
   static std::size_t device_chunk(std::size_t samples, std::size_t per_sample) {
@@ -290,17 +291,19 @@ struct Conv2d {
       const std::size_t nb = std::min(chunk, N - n0);
       if (w.second.data) {
         device_im2col(x.first, n0, nb, w.first.dims, out.dims, col.get());
-        backend::device::gemm_batched(detail::View<T, 2>{part.get(), {wm.dims[0], CKK}, {static_cast<std::ptrdiff_t>(CKK), 1}}, sample(g, n0),
-                                      backend::cpu::transposed(cv), false, nb, static_cast<std::ptrdiff_t>(wsize), bg, bcol);
+        const detail::View<T, 2> products{part.get(), {wm.dims[0], CKK}, {static_cast<std::ptrdiff_t>(CKK), 1}};
+        backend::device::gemm_batched(products, sample(g, n0), backend::cpu::transposed(cv), false, nb,
+                                      static_cast<std::ptrdiff_t>(wsize), bg, bcol);
         const auto dwm = weight_matrix(w.second);
         backend::device::for_n(wsize, AddSamples<T>{part.get(), dwm.data, dwm.strides[0], CKK, wsize, nb});
       }
       if (dx.data) {
         backend::device::gemm_batched(cv, backend::cpu::transposed(wm), sample(g, n0), false, nb, bcol, 0, bg);
+        const auto& k = w.first.dims;
         backend::device::for_n(nb * dx.dims[1] * dx.dims[2] * dx.dims[3],
-                               Col2Im<T>{col.get(), dx.data + static_cast<std::ptrdiff_t>(n0) * dx.strides[0], dx.strides[0], dx.strides[1],
-                                         dx.strides[2], dx.strides[3], dx.dims[1], dx.dims[2], dx.dims[3], w.first.dims[2],
-                                         w.first.dims[3], out.dims[2], out.dims[3], per});
+                               Col2Im<T>{col.get(), dx.data + static_cast<std::ptrdiff_t>(n0) * dx.strides[0], dx.strides[0],
+                                         dx.strides[1], dx.strides[2], dx.strides[3], dx.dims[1], dx.dims[2], dx.dims[3], k[2], k[3],
+                                         out.dims[2], out.dims[3], per});
       }
     }
   }

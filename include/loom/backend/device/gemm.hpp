@@ -1,7 +1,8 @@
 // loom/backend/device/gemm.hpp — C (+)= A B on strided 2-D device views. On CUDA: cuBLAS (one handle
 // per thread, on the current stream) for operands with a unit stride in either axis (a column-major C as
-// the product C^T = B^T A^T), a plain kernel otherwise; batched products with uniform batch strides are one cublas<T>gemmStridedBatched call. On
-// the host device systems (OMP/CPP, how CI runs the device path): the same plain kernel.
+// the product C^T = B^T A^T), a plain kernel otherwise; batched products with uniform batch strides are
+// one cublas<T>gemmStridedBatched call. On the host device systems (OMP/CPP, how CI runs the device
+// path): the same plain kernel.
 #pragma once
 #include "../exec.hpp"
 #include "fused.hpp"
