@@ -80,77 +80,75 @@ void matmul_vs_cublas(std::size_t m, std::size_t k, std::size_t n) {
               loom_ms, flop / loom_ms / 1e9, cublas_ms, flop / cublas_ms / 1e9, loom_ms / cublas_ms);
 }
 
-void mlp_step(std::size_t batch) {
-  using Net = nn::Sequential<nn::Linear<784, 256>, nn::ReLU, nn::Linear<256, 10>>::on_device<gpu>;
-  Generator g(3);
-  Net net(g);
-  auto x = input<float, Shape<dyn, 784>, gpu>();
-  auto y = input<std::int64_t, Shape<dyn>, gpu>();
-  auto step = compile(nn::cross_entropy(net(x), y));
-  optim::Adam<float, gpu> opt(nn::parameters<float, gpu>(net), {.lr = 1e-3});
-  const auto xb = uniform<float, Shape<dyn, 784>, gpu>(g, 0, 1, {batch, 784});
-  Tensor<std::int64_t, Shape<dyn>> yh({batch});
-  for (std::size_t i = 0; i < batch; ++i) yh(i) = std::int64_t(i % 10);
-  const auto yb = yh.to<gpu>();
-  auto train_step = [&] {
-    step.forward(xb, yb);
-    step.backward();
-    opt.step();
-    opt.zero_grad();
-  };
-  train_step();  // the first step sizes the buffers; the count below is of the steady state
-  const auto before = device::allocator_stats().system_allocs;
-  const double ms = time_ms(train_step, 200);
-  std::printf("MLP 784-256-10 step (Adam), batch %zu: %.1f us; device allocations in the timed steps: %zu\n", batch, ms * 1e3,
-              device::allocator_stats().system_allocs - before);
-}
-
 using MLP = nn::Sequential<nn::Linear<784, 256>, nn::ReLU, nn::Linear<256, 10>>;
 using CNN = nn::Sequential<nn::Conv2d<1, 32, 3, 1, 1>, nn::BatchNorm2d<32>, nn::ReLU, nn::MaxPool2d<2>,
                            nn::Conv2d<32, 64, 3, 1, 1>, nn::BatchNorm2d<64>, nn::ReLU, nn::MaxPool2d<2>, nn::Flatten,
                            nn::Linear<64 * 7 * 7, 128>, nn::ReLU, nn::Dropout<250>, nn::Linear<128, 10>>;
 
-/// Forward, forward + backward and the whole Adam step of HostNet on inputs of shape S (batch first), each
-/// timed alone; with profile, one step and then a second inside cudaProfilerStart/Stop.
-template <class HostNet, class S>
-void breakdown(const char* name, Dims<S::rank> dims, bool profile) {
-  using Net = nn::on_device_t<HostNet, gpu>;
-  Generator g(4);
-  Net net(g);
+/// HostNet on the GPU (initialized from `seed`), its compiled cross-entropy step, Adam, and one batch of
+/// inputs of shape S uniform in [lo, hi) with labels i % 10: f(step, opt, x, y).
+template <class HostNet, class S, class F>
+void with_training(std::uint64_t seed, Dims<S::rank> dims, float lo, float hi, F&& f) {
+  Generator g(seed);
+  nn::on_device_t<HostNet, gpu> net(g);
   auto x = input<float, S, gpu>();
   auto y = input<std::int64_t, Shape<dyn>, gpu>();
   auto step = compile(nn::cross_entropy(net(x), y));
   optim::Adam<float, gpu> opt(nn::parameters<float, gpu>(net), {.lr = 1e-3});
-  const auto xb = uniform<float, S, gpu>(g, -1, 1, dims);
+  const auto xb = uniform<float, S, gpu>(g, lo, hi, dims);
   Tensor<std::int64_t, Shape<dyn>> yh({dims[0]});
   for (std::size_t i = 0; i < dims[0]; ++i) yh(i) = std::int64_t(i % 10);
-  const auto yb = yh.to<gpu>();
-  auto full = [&] {
-    step.forward(xb, yb);
-    step.backward();
-    opt.step_and_zero_grad();
-  };
-  if (profile) {
-    full();
+  f(step, opt, xb, yh.template to<gpu>());
+}
+
+void mlp_step(std::size_t batch) {
+  with_training<MLP, Shape<dyn, 784>>(3, {batch, 784}, 0, 1, [&](auto& step, auto& opt, const auto& xb, const auto& yb) {
+    auto train_step = [&] {
+      step.forward(xb, yb);
+      step.backward();
+      opt.step();
+      opt.zero_grad();
+    };
+    train_step();  // the first step sizes the buffers; the count below is of the steady state
+    const auto before = device::allocator_stats().system_allocs;
+    const double ms = time_ms(train_step, 200);
+    std::printf("MLP 784-256-10 step (Adam), batch %zu: %.1f us; device allocations in the timed steps: %zu\n", batch,
+                ms * 1e3, device::allocator_stats().system_allocs - before);
+  });
+}
+
+/// Forward, forward + backward and the whole Adam step of HostNet on inputs of shape S (batch first), each
+/// timed alone; with profile, one step and then a second inside cudaProfilerStart/Stop.
+template <class HostNet, class S>
+void breakdown(const char* name, Dims<S::rank> dims, bool profile) {
+  with_training<HostNet, S>(4, dims, -1, 1, [&](auto& step, auto& opt, const auto& xb, const auto& yb) {
+    auto full = [&] {
+      step.forward(xb, yb);
+      step.backward();
+      opt.step_and_zero_grad();
+    };
+    if (profile) {
+      full();
+      device::synchronize();
+      LOOM_CUDA_CHECK(cudaProfilerStart());
+      full();
+      device::synchronize();
+      LOOM_CUDA_CHECK(cudaProfilerStop());
+      return;
+    }
+    const double f = time_ms([&] { step.forward(xb, yb); }, 100);
+    const double fb = time_ms([&] { step.forward(xb, yb); step.backward(); opt.zero_grad(); }, 100);
+    const double all = time_ms(full, 100);
+    // The host's side alone: the same step's calls timed on the host clock without waiting for the GPU
+    // between steps (the launch queue fills, so this is the larger of the host's and the GPU's time).
     device::synchronize();
-    LOOM_CUDA_CHECK(cudaProfilerStart());
-    full();
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < 100; ++i) full();
+    const double host_enqueue = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / 100;
     device::synchronize();
-    LOOM_CUDA_CHECK(cudaProfilerStop());
-    return;
-  }
-  const double f = time_ms([&] { step.forward(xb, yb); }, 100);
-  const double fb = time_ms([&] { step.forward(xb, yb); step.backward(); opt.zero_grad(); }, 100);
-  const double all = time_ms(full, 100);
-  // The host's side alone: the same step's calls timed on the host clock without waiting for the GPU
-  // between steps (the launch queue fills, so this is the larger of the host's and the GPU's time).
-  device::synchronize();
-  const auto t0 = std::chrono::steady_clock::now();
-  for (int i = 0; i < 100; ++i) full();
-  const double host_enqueue = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / 100;
-  device::synchronize();
-  std::printf("%s, batch %zu: forward %.1f us, forward + backward (+ zero_grad) %.1f us, step (Adam) %.1f us; step's calls on the host "
-              "clock without waiting %.1f us\n", name, dims[0], f * 1e3, fb * 1e3, all * 1e3, host_enqueue * 1e3);
+    std::printf("%s, batch %zu: forward %.1f us, forward + backward (+ zero_grad) %.1f us, step (Adam) %.1f us; step's calls on the host "
+                "clock without waiting %.1f us\n", name, dims[0], f * 1e3, fb * 1e3, all * 1e3, host_enqueue * 1e3);
+  });
 }
 }  // namespace
 
