@@ -139,6 +139,71 @@ TEST_CASE("device: optimizers update device parameters as on the host") {
   }
 }
 
+TEST_CASE("device: an update of 40 parameters (two launches of up to 32) matches the host's, per parameter") {
+  // Sizes 0 (skipped), 1, ..., 300: the element ranges of neighbouring parameters meet inside a run.
+  constexpr std::size_t P = 40;
+  std::vector<Tensor<float, Shape<dyn>>> hv, hg;
+  std::vector<Tensor<float, Shape<dyn>, gpu>> dv, dg;
+  Generator g(11);
+  for (std::size_t i = 0; i < P; ++i) {
+    const std::size_t n = i == 7 ? 0 : 1 + (i * 37) % 300;
+    hv.push_back(uniform<float, Shape<dyn>>(g, -1, 1, {n}));
+    dv.push_back(hv.back().to<gpu>());
+    hg.emplace_back(Dims<1>{n});
+    dg.emplace_back(Dims<1>{n});
+  }
+  auto refs = [&]<class D>(auto& v, auto& gr) {
+    std::vector<nn::ParamRef<float, D>> r;
+    for (std::size_t i = 0; i < P; ++i) r.push_back({"p" + std::to_string(i), v[i].data(), gr[i].data(), v[i].size(), {v[i].size()}});
+    return r;
+  };
+  const auto rh = refs.operator()<cpu>(hv, hg);
+  const auto rd = refs.operator()<gpu>(dv, dg);
+  auto set_grads = [&](std::uint64_t seed) {
+    Generator gg(seed);
+    for (std::size_t i = 0; i < P; ++i) {
+      hg[i].assign(uniform<float, Shape<dyn>>(gg, -2, 2, {hv[i].size()}));
+      dg[i].assign(hg[i].to<gpu>());
+    }
+  };
+  auto compare = [&](double tol) {
+    for (std::size_t i = 0; i < P; ++i) {
+      check_close(hv[i], dv[i], tol);
+      check_close(hg[i], dg[i], 0);
+    }
+  };
+  SUBCASE("adam, step_and_zero_grad") {
+    optim::Adam<float> oh(rh, {.lr = 0.05, .weight_decay = 0.01});
+    optim::Adam<float, gpu> od(rd, {.lr = 0.05, .weight_decay = 0.01});
+    for (std::uint64_t s = 0; s < 3; ++s) {
+      set_grads(s);
+      oh.step_and_zero_grad();
+      od.step_and_zero_grad();
+      compare(1e-6);
+    }
+  }
+  SUBCASE("sgd with momentum, zero_grad") {
+    optim::SGD<float> oh(rh, {.lr = 0.1, .momentum = 0.9});
+    optim::SGD<float, gpu> od(rd, {.lr = 0.1, .momentum = 0.9});
+    for (std::uint64_t s = 0; s < 3; ++s) {
+      set_grads(s);
+      oh.step();
+      od.step();
+      compare(1e-6);
+      oh.zero_grad();
+      od.zero_grad();
+      compare(1e-6);
+    }
+  }
+  SUBCASE("clip_grad_norm") {
+    set_grads(5);
+    const double nh = optim::clip_grad_norm(rh, 1.0), nd = optim::clip_grad_norm(rd, 1.0);
+    CHECK(nh > 1.0);
+    CHECK(nd == doctest::Approx(nh).epsilon(1e-12));
+    for (std::size_t i = 0; i < P; ++i) check_close(hg[i], dg[i], 1e-6);
+  }
+}
+
 TEST_CASE("device: a small CNN (Conv2d, ReLU, max pooling, Linear) trains as on the host") {
   using Cnn = nn::Sequential<nn::Conv2d<1, 4, 3, 1, 1>, nn::ReLU, nn::MaxPool2d<2>, nn::Flatten, nn::Linear<4 * 4 * 4, 3>>;
   train_both<Cnn, Shape<dyn, 1, 8, 8>>([]<class D>(std::vector<nn::ParamRef<float, D>> p) {

@@ -44,6 +44,10 @@ void for_n(std::size_t n, const F& f);
 /// The sum of f(i) over [0, n), as one device reduction (the result comes back to the host).
 template <class V, class F>
 V sum_n(std::size_t n, const F& f);
+/// *dst = (the sum of f(i) over [0, n), in V) / div, converted to T, in device memory: nothing comes back
+/// to the host, so the host does not wait for the device (a loss value).
+template <class V, class T, class F>
+void sum_into(std::size_t n, const F& f, T* dst, V div);
 /// dst[s] = the sum of f(s, i) over i in [0, len), for every segment s in [0, segs), into device memory
 /// (per-channel and per-column statistics: each segment is split over many threads).
 template <class F>

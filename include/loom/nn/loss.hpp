@@ -64,12 +64,6 @@ struct LabelLoss {
       label(v, C);
     }
   }
-  /// Writes a host value into a device scalar.
-  template <class D, class T>
-  static void store(const loom::detail::View<T, 0>& out, double v) {
-    const T x = static_cast<T>(v);
-    loom::detail::DeviceMemory<D>::from_host(out.data, &x, 1);
-  }
 };
 
 struct CrossEntropy : LabelLoss {
@@ -169,7 +163,7 @@ struct CrossEntropy : LabelLoss {
     const std::size_t B = x.dims[0], C = x.dims[1];
     check_labels<D>(y, C);
     const Rows<T, L> rows{x.data, x.strides[0], x.strides[1], y.data, y.strides[0], C, smoothing};
-    store<D>(out, backend::device::sum_n<double>(B, rows) / denom(B));
+    backend::device::sum_into<double>(B, rows, out.data, denom(B));  // the loss stays on the device
   }
   template <class D, class T, class L>
     requires(!HostDevice<D>)
@@ -229,8 +223,8 @@ struct Nll : LabelLoss {
   void forward(on<D>, const loom::detail::View<T, 0>& out, const loom::detail::View<T, 2>& x,
                const loom::detail::View<L, 1>& y) const {
     check_labels<D>(y, x.dims[1]);
-    store<D>(out, backend::device::sum_n<double>(x.dims[0], Picked<T, L>{x.data, x.strides[0], x.strides[1], y.data, y.strides[0]}) /
-                      denom(x.dims[0]));
+    backend::device::sum_into<double>(x.dims[0], Picked<T, L>{x.data, x.strides[0], x.strides[1], y.data, y.strides[0]}, out.data,
+                                      denom(x.dims[0]));
   }
   template <class D, class T, class L>
     requires(!HostDevice<D>)

@@ -1,8 +1,10 @@
 // loom/optim/optimizer.hpp — SGD (momentum, Nesterov, weight decay), Adam, AdamW, RMSprop. Each update
-// is one functor over a parameter's value, gradient and state: a loop on the host, one fused kernel on
-// a device. State lives beside the parameters and is allocated once, at construction.
+// is one functor over a parameter's value, gradient and state: a loop on the host, one fused kernel for
+// up to 32 parameters on a device. State lives beside the parameters and is allocated once, at construction.
 // The update rules are PyTorch's (torch.optim.SGD / Adam / AdamW, default arguments).
 #pragma once
+#include <algorithm>
+#include <array>
 #include <cmath>
 #include <memory>
 #include <vector>
@@ -29,9 +31,7 @@ class Optimizer {
   /// One state tensor per parameter (momentum, moments), in the parameter's memory.
   using Buffer = Tensor<T, Shape<dyn>, D>;
   explicit Optimizer(std::vector<nn::ParamRef<T, D>> params) : params_(std::move(params)) {}
-  void zero_grad() {
-    for (auto& p : params_) loom::detail::DeviceMemory<D>::fill(p.grad, p.size, T{0});
-  }
+  void zero_grad();
   const std::vector<nn::ParamRef<T, D>>& params() const { return params_; }
 
  protected:
@@ -55,9 +55,11 @@ template <class T>
 using HostSpan = Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>;
 template <class T, bool Clear>
 struct SGDUpdate {
+  static constexpr std::size_t streams = 3;
   T *value, *buf, *grad;
   T lr, mu, damp, wd;
   bool first, nesterov;
+  LOOM_HOST_DEVICE void bind(T* const* p) { value = p[0], buf = p[1], grad = p[2]; }
   LOOM_HOST_DEVICE void operator()(std::size_t k) const {
     T d = grad[k] + wd * value[k];
     if constexpr (Clear) grad[k] = T{0};
@@ -70,8 +72,10 @@ struct SGDUpdate {
 };
 template <class T, bool Decoupled, bool Clear>
 struct AdamUpdate {
+  static constexpr std::size_t streams = 4;
   T *value, *m, *v, *grad;
   T lr, b1, b2, eps, wd, step_size, sbc2;
+  LOOM_HOST_DEVICE void bind(T* const* p) { value = p[0], m = p[1], v = p[2], grad = p[3]; }
   LOOM_HOST_DEVICE void operator()(std::size_t k) const {
     T g = grad[k];
     if constexpr (Clear) grad[k] = T{0};
@@ -98,8 +102,10 @@ struct AdamUpdate {
 };
 template <class T, bool Clear>
 struct RMSpropUpdate {
+  static constexpr std::size_t streams = 4;
   T *value, *sq, *buf, *grad;
   T lr, a, eps, wd, mu;
+  LOOM_HOST_DEVICE void bind(T* const* p) { value = p[0], sq = p[1], buf = p[2], grad = p[3]; }
   LOOM_HOST_DEVICE void operator()(std::size_t k) const {
     const T g = grad[k] + wd * value[k];
     if constexpr (Clear) grad[k] = T{0};
@@ -127,6 +133,97 @@ struct RMSpropUpdate {
     if constexpr (Clear) g.setZero();
   }
 };
+
+/// Up to `max` parameters' pointers (K each) and the running ends of their element ranges: one device
+/// launch covers them all (a model's step was a launch per parameter, most too small to fill a GPU).
+template <class T, std::size_t K>
+struct Slices {
+  static constexpr std::size_t max = 32;
+  std::size_t n = 0, end[max]{};
+  T* ptr[max][K]{};
+  /// The slice element k of the whole range falls in (the first whose end exceeds it: a binary search);
+  /// k becomes the offset in that slice.
+  LOOM_HOST_DEVICE std::size_t find(std::size_t& k) const {
+    std::size_t lo = 0, hi = n - 1;
+    while (lo < hi) {
+      const std::size_t mid = (lo + hi) / 2;
+      if (k < end[mid]) hi = mid;
+      else lo = mid + 1;
+    }
+    if (lo) k -= end[lo - 1];
+    return lo;
+  }
+};
+/// Calls f(slices, elements) for each run of up to Slices::max non-empty parameters, ptrs(i) giving
+/// parameter i's K pointers (a std::array).
+template <std::size_t K, class T, class D, class Ptrs, class F>
+void in_slices(const std::vector<nn::ParamRef<T, D>>& params, Ptrs&& ptrs, F&& f) {
+  Slices<T, K> s;
+  std::size_t total = 0;
+  auto flush = [&] {
+    if (s.n) f(s, total);
+    s.n = 0, total = 0;
+  };
+  for (std::size_t i = 0; i < params.size(); ++i) {
+    if (params[i].size == 0) continue;
+    const std::array<T*, K> p = ptrs(i);
+    std::copy(p.begin(), p.end(), s.ptr[s.n]);
+    total += params[i].size;
+    s.end[s.n++] = total;
+    if (s.n == s.max) flush();
+  }
+  flush();
+}
+/// Update U over the elements of several parameters as one range, U taking each element's slice's pointers.
+template <class T, class U>
+struct MultiUpdate {
+  U u;
+  Slices<T, U::streams> s;
+  LOOM_HOST_DEVICE void operator()(std::size_t k) const {
+    U v = u;
+    v.bind(s.ptr[s.find(k)]);
+    v(k);
+  }
+};
+/// Runs update u over every parameter, u taking ptrs(i)'s pointers (a std::array of U::streams) for
+/// parameter i. Host: parameter by parameter (each vectorized by backend::each); device: one launch per
+/// 32 parameters.
+template <class D, class T, class U, class Ptrs>
+void update_all(const std::vector<nn::ParamRef<T, D>>& params, const U& u, Ptrs&& ptrs) {
+  if constexpr (HostDevice<D>) {
+    for (std::size_t i = 0; i < params.size(); ++i) {
+      U ui = u;
+      ui.bind(ptrs(i).data());
+      backend::each<D>(params[i].size, ui);
+    }
+  } else {
+    in_slices<U::streams>(params, ptrs, [&](const Slices<T, U::streams>& s, std::size_t n) {
+      backend::each<D>(n, MultiUpdate<T, U>{u, s});
+    });
+  }
+}
+/// Gradient updates of one stream: zeroing, scaling (clip_grad_norm).
+template <class T>
+struct ScaleBy {
+  static constexpr std::size_t streams = 1;
+  T* g;
+  T s;
+  LOOM_HOST_DEVICE void bind(T* const* p) { g = p[0]; }
+  LOOM_HOST_DEVICE void operator()(std::size_t k) const { g[k] = s == T{0} ? T{0} : g[k] * s; }
+};
+/// The squares of a run of gradients (clip_grad_norm's sum, one reduction per run on a device).
+template <class T>
+struct SliceSquares {
+  Slices<T, 1> s;
+  LOOM_HOST_DEVICE double operator()(std::size_t k) const {
+    const T v = s.ptr[s.find(k)][0][k];
+    return double(v) * double(v);
+  }
+};
+template <class D, class T>
+auto grads_of(const std::vector<nn::ParamRef<T, D>>& params) {
+  return [&params](std::size_t i) { return std::array<T*, 1>{params[i].grad}; };
+}
 }  // namespace detail
 
 template <class T = float, class D = cpu>
@@ -150,11 +247,11 @@ class SGD : public Optimizer<T, D> {
  private:
   template <bool Clear>
   void update() {
-    const T lr = T(o_.lr), mu = T(o_.momentum), damp = T(o_.dampening), wd = T(o_.weight_decay);
-    for (std::size_t i = 0; i < this->params_.size(); ++i) {
-      auto& p = this->params_[i];
-      backend::each<D>(p.size, detail::SGDUpdate<T, Clear>{p.value, buf_[i].data(), p.grad, lr, mu, damp, wd, steps_ == 0, o_.nesterov});
-    }
+    const detail::SGDUpdate<T, Clear> u{nullptr, nullptr, nullptr, T(o_.lr), T(o_.momentum), T(o_.dampening),
+                                        T(o_.weight_decay), steps_ == 0, o_.nesterov};
+    detail::update_all(this->params_, u, [&](std::size_t i) {
+      return std::array{this->params_[i].value, buf_[i].data(), this->params_[i].grad};
+    });
     ++steps_;
   }
   Options o_;
@@ -191,12 +288,9 @@ class AdamBase : public Optimizer<T, D> {
     const double bc1 = 1 - std::pow(o_.beta1, double(t_)), bc2 = 1 - std::pow(o_.beta2, double(t_));
     const detail::AdamUpdate<T, Decoupled, Clear> u{nullptr, nullptr, nullptr, nullptr, T(o_.lr), T(o_.beta1), T(o_.beta2),
                                                     T(o_.eps), T(o_.weight_decay), T(o_.lr / bc1), T(std::sqrt(bc2))};
-    for (std::size_t i = 0; i < this->params_.size(); ++i) {
-      auto& p = this->params_[i];
-      auto ui = u;
-      ui.value = p.value, ui.m = m_[i].data(), ui.v = v_[i].data(), ui.grad = p.grad;
-      backend::each<D>(p.size, ui);
-    }
+    detail::update_all(this->params_, u, [&](std::size_t i) {
+      return std::array{this->params_[i].value, m_[i].data(), v_[i].data(), this->params_[i].grad};
+    });
   }
   Options o_;
   std::vector<Buffer> m_, v_;
@@ -241,11 +335,11 @@ class RMSprop : public Optimizer<T, D> {
  private:
   template <bool Clear>
   void update() {
-    for (std::size_t i = 0; i < this->params_.size(); ++i) {
-      auto& p = this->params_[i];
-      backend::each<D>(p.size, detail::RMSpropUpdate<T, Clear>{p.value, sq_[i].data(), buf_[i].data(), p.grad, T(o_.lr), T(o_.alpha),
-                                                              T(o_.eps), T(o_.weight_decay), T(o_.momentum)});
-    }
+    const detail::RMSpropUpdate<T, Clear> u{nullptr, nullptr, nullptr, nullptr, T(o_.lr), T(o_.alpha), T(o_.eps),
+                                            T(o_.weight_decay), T(o_.momentum)};
+    detail::update_all(this->params_, u, [&](std::size_t i) {
+      return std::array{this->params_[i].value, sq_[i].data(), buf_[i].data(), this->params_[i].grad};
+    });
     ++steps_;
   }
   Options o_;
@@ -253,33 +347,30 @@ class RMSprop : public Optimizer<T, D> {
   std::size_t steps_ = 0;
 };
 
-namespace detail {
-template <class T>
-struct SquareTerm {
-  const T* g;
-  LOOM_HOST_DEVICE double operator()(std::size_t k) const { return double(g[k]) * double(g[k]); }
-};
-template <class T>
-struct ScaleBy {
-  T* g;
-  T s;
-  LOOM_HOST_DEVICE void operator()(std::size_t k) const { g[k] *= s; }
-};
-}  // namespace detail
+template <class T, class D>
+void Optimizer<T, D>::zero_grad() {
+  if constexpr (HostDevice<D>)
+    for (auto& p : params_) loom::detail::DeviceMemory<D>::fill(p.grad, p.size, T{0});
+  else
+    detail::update_all(params_, detail::ScaleBy<T>{nullptr, T{0}}, detail::grads_of(params_));
+}
 
-/// Scales all gradients so that their global L2 norm is at most max_norm; returns the norm before.
+/// Scales all gradients so that their global L2 norm is at most max_norm; returns the norm before. On a
+/// device, one reduction (one wait for its result) per 32 parameters and one scaling launch.
 template <class T, class D>
 double clip_grad_norm(const std::vector<nn::ParamRef<T, D>>& params, double max_norm) {
   double sq = 0;
-  for (const auto& p : params) {
-    if constexpr (HostDevice<D>)
-      for (std::size_t k = 0; k < p.size; ++k) sq += detail::SquareTerm<T>{p.grad}(k);
-    else
-      sq += backend::device::sum_n<double>(p.size, detail::SquareTerm<T>{p.grad});
+  if constexpr (HostDevice<D>) {
+    for (const auto& p : params)
+      for (std::size_t k = 0; k < p.size; ++k) sq += double(p.grad[k]) * double(p.grad[k]);
+  } else {
+    detail::in_slices<1>(params, detail::grads_of(params), [&](const detail::Slices<T, 1>& s, std::size_t n) {
+      sq += backend::device::sum_n<double>(n, detail::SliceSquares<T>{s});
+    });
   }
   const double norm = std::sqrt(sq);
   if (norm > max_norm && norm > 0)
-    for (const auto& p : params) backend::each<D>(p.size, detail::ScaleBy<T>{p.grad, T(max_norm / (norm + 1e-6))});
+    detail::update_all(params, detail::ScaleBy<T>{nullptr, T(max_norm / (norm + 1e-6))}, detail::grads_of(params));
   return norm;
 }
 

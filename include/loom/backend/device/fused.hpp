@@ -234,23 +234,41 @@ void launch(std::size_t n, const F& f) {
   ++kernel_stats().kernels;
 }
 
-/// out[t] (M)= the reduction of f(t), f(t + parts), ... below n (adjacent threads read adjacent terms).
-template <Mode M, class V, class F>
+/// store(t, the reduction of f(t), f(t + parts), ... below n) (adjacent threads read adjacent terms).
+template <Mode M, class V, class F, class Store>
 struct PartialKernel {
   F f;
   std::size_t n, parts;
-  V* out;
-  bool into;  // combine with out[t] instead of overwriting it
+  Store store;
   LOOM_HOST_DEVICE void operator()(std::size_t t) const {
     V acc = f(t);
     for (std::size_t i = t + parts; i < n; i += parts) acc = combine<M>(acc, static_cast<V>(f(i)));
-    out[t] = into ? combine<M>(out[t], acc) : acc;
+    store(t, acc);
   }
 };
 template <class V>
 struct ArrayTerm {
   const V* p;
   LOOM_HOST_DEVICE V operator()(std::size_t i) const { return p[i]; }
+};
+/// Stores of a reduction's result(s): combined into (or overwriting) one value; one per output; one
+/// value divided by `div` and converted (a mean, a loss).
+template <Mode M, class V>
+struct StoreOne {
+  V* dst;
+  bool into;
+  LOOM_HOST_DEVICE void operator()(std::size_t, V v) const { *dst = into ? combine<M>(*dst, v) : v; }
+};
+template <class V>
+struct StoreArray {
+  V* dst;
+  LOOM_HOST_DEVICE void operator()(std::size_t j, V v) const { dst[j] = v; }
+};
+template <class V, class T>
+struct StoreDivided {
+  T* dst;
+  V div;
+  LOOM_HOST_DEVICE void operator()(std::size_t, V v) const { *dst = static_cast<T>(v / div); }
 };
 
 #if defined(LOOM_CUDA)
@@ -297,41 +315,34 @@ struct PartTerm {
   std::size_t sj, si;
   LOOM_HOST_DEVICE V operator()(std::size_t j, std::size_t i) const { return part[j * sj + i * si]; }
 };
-template <Mode M, class V>
-struct StoreOne {
-  V* dst;
-  bool into;
-  LOOM_HOST_DEVICE void operator()(std::size_t, V v) const { *dst = into ? combine<M>(*dst, v) : v; }
-};
-template <class V>
-struct StoreArray {
-  V* dst;
-  LOOM_HOST_DEVICE void operator()(std::size_t j, V v) const { dst[j] = v; }
-};
 #endif
 
-/// *dst (M)= f(0) (M) ... (M) f(n - 1) for n >= 1 (`into`: combined with *dst, else overwriting it). Long
-/// reductions go through partial results (from the cache), reduced again. CUDA: up to 4096 terms are one
-/// block's; beyond, up to 2^17 partials of 16 or more terms each. Host systems: one thread's up to 2048,
-/// beyond, up to 8192 partials.
-template <Mode M, class V, class F>
-void reduce_into(std::size_t n, const F& f, V* dst, bool into) {
+/// store(0, f(0) (M) ... (M) f(n - 1)) on the device, for n >= 1. Long reductions go through partial
+/// results (from the cache), reduced again. CUDA: up to 4096 terms are one block's; beyond, up to 2^17
+/// partials of 16 or more terms each. Host systems: one thread's up to 2048, beyond, up to 8192 partials.
+template <Mode M, class V, class F, class Store>
+void reduce_to(std::size_t n, const F& f, const Store& store) {
 #if defined(LOOM_CUDA)
   if (n <= 4096) {
-    block_reduce<M, V>(n, 1, OneTerm<F>{f}, StoreOne<M, V>{dst, into});
+    block_reduce<M, V>(n, 1, OneTerm<F>{f}, store);
     return;
   }
   const std::size_t parts = std::min<std::size_t>(std::size_t{1} << 17, n / 16);
 #else
   if (n <= 2048) {
-    launch(1, PartialKernel<M, V, F>{f, n, 1, dst, into});
+    launch(1, PartialKernel<M, V, F, Store>{f, n, 1, store});
     return;
   }
   const std::size_t parts = std::min<std::size_t>(8192, n / 32);
 #endif
   auto tmp = loom::detail::DeviceMemory<loom::cuda>::allocate<V>(parts);  // reused in stream order
-  launch(parts, PartialKernel<M, V, F>{f, n, parts, tmp.get(), false});
-  reduce_into<M>(parts, ArrayTerm<V>{tmp.get()}, dst, into);
+  launch(parts, PartialKernel<M, V, F, StoreArray<V>>{f, n, parts, {tmp.get()}});
+  reduce_to<M, V>(parts, ArrayTerm<V>{tmp.get()}, store);
+}
+/// *dst (M)= f(0) (M) ... (M) f(n - 1) for n >= 1 (`into`: combined with *dst, else overwriting it).
+template <Mode M, class V, class F>
+void reduce_into(std::size_t n, const F& f, V* dst, bool into) {
+  reduce_to<M, V>(n, f, StoreOne<M, V>{dst, into});
 }
 
 #if defined(LOOM_CUDA)
@@ -450,6 +461,11 @@ LOOM_HOST_DEVICE void atomic_add(T* p, T v) {
 template <class F>
 void for_n(std::size_t n, const F& f) {
   launch(n, f);
+}
+template <class V, class T, class F>
+void sum_into(std::size_t n, const F& f, T* dst, V div) {
+  if (n == 0) loom::detail::DeviceMemory<loom::cuda>::fill(dst, 1, static_cast<T>(V{0} / div));
+  else reduce_to<Mode::add, V>(n, f, StoreDivided<V, T>{dst, div});
 }
 template <class V, class F>
 V sum_n(std::size_t n, const F& f) {
