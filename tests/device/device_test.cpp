@@ -292,6 +292,36 @@ TEST_CASE("device: attention (causal, padded, with dropout) matches the host, va
   }
 }
 
+TEST_CASE("device: attention with heads of 64, 32 and 16 features over several tiles matches the host") {
+  // The widths and type (float) of CUDA's tiled kernels; 70 and 150 rows: more than one block of 64 rows
+  // and tile of keys or queries, and neither a multiple of the tile sizes.
+  auto q = twin<Shape<2, 70, 128>>(90);
+  auto qc = twin<Shape<2, 150, 128>>(93);
+  auto k = twin<Shape<2, 150, 128>>(91), v = twin<Shape<2, 150, 128>>(92);
+  SUBCASE("plain, 2 heads of 64") {
+    same_on_both([](const auto& a, const auto& b, const auto& c) { return attention<2>(a, b, c); }, 1e-5, q, k, v);
+  }
+  SUBCASE("causal, 4 heads of 32, from a strided (transposed) query") {
+    same_on_both([](const auto& a, const auto& b, const auto& c) {
+      return attention<4, true>(permute<1, 0, 2>(permute<1, 0, 2>(a) * 0.5f), b, c);
+    }, 1e-5, qc, k, v);
+  }
+  SUBCASE("causal with key lengths (all 150; 37), 8 heads of 16") {
+    Tensor<std::int64_t, Shape<2>> len({2}, {150, 37});
+    Constant<std::int64_t, Shape<2>, cpu> lh(len);
+    Constant<std::int64_t, Shape<2>, gpu> ld(len.to<gpu>());
+    same_on_both([&](const auto& a, const auto& b, const auto& c) {
+      if constexpr (std::is_same_v<device_t<std::remove_cvref_t<decltype(a)>>, gpu>) return attention<8, true>(a, b, c, ld);
+      else return attention<8, true>(a, b, c, lh);
+    }, 1e-5, qc, k, v);
+  }
+  SUBCASE("dropout on the weights, causal, 2 heads of 64") {
+    auto st = std::make_shared<ops::AttentionState>();
+    st->dropout = 0.2, st->seed = 7, st->fixed_salt = true, st->calls = 1;
+    same_on_both([&](const auto& a, const auto& b, const auto& c) { return attention<2, true>(a, b, c, st); }, 1e-5, qc, k, v);
+  }
+}
+
 namespace {
 /// scan<Cell> over the same x, h0 and weights on both devices (x also as a strided view).
 template <class Cell>

@@ -48,6 +48,14 @@ V sum_n(std::size_t n, const F& f);
 /// to the host, so the host does not wait for the device (a loss value).
 template <class V, class T, class F>
 void sum_into(std::size_t n, const F& f, T* dst, V div);
+/// Multi-head attention on the device's own tiled kernels (defined in backend/device/attention.hpp): the
+/// forward (out rows, each row's log-sum-exp) and the backward after the row dots (dQ, dK, dV, each
+/// optional); false, with nothing done, where the device has none for these operands.
+template <class C, class CM, class WM, class T>
+bool attention_forward(const C& c, std::size_t heads, const CM& q, const CM& k, const CM& v, const WM& out, T* lse);
+template <class C, class CM, class WM, class T>
+bool attention_backward(const C& c, std::size_t heads, bool causal, const CM& q, const CM& k, const CM& v, const CM& g,
+                        const T* lse, const T* rowdot, const WM& dq, const WM& dk, const WM& dv);
 /// dst[s] = the sum of f(s, i) over i in [0, len), for every segment s in [0, segs), into device memory
 /// (per-channel and per-column statistics: each segment is split over many threads).
 template <class F>

@@ -271,8 +271,9 @@ struct Attention {
     }
   }
 
-  // ---- The device kernels: one thread per query row (forward, dQ) or key row (dK, dV), the scores
-  // recomputed from q and k (nothing T x T is stored), the same masks and dropout hash as the host.
+  // ---- The portable device kernels: one thread per query row (forward, dQ) or key row (dK, dV), the
+  // scores recomputed from q and k (nothing T x T is stored), the same masks and dropout hash as the host.
+  // On CUDA, float heads of 16, 32 or 64 features take the tiled kernels of backend/device/attention.hpp.
   /// A [B, T, D] operand: base pointer and strides (trivially copyable for kernels).
   template <class P>
   struct Mat {
@@ -414,6 +415,7 @@ struct Attention {
       if constexpr (sizeof...(L) == 2) return device_context<Dev>(q, k, true, std::get<0>(std::tie(rest...)));
       else return device_context<Dev>(q, k, true);
     }();
+    if (backend::device::attention_forward(c, Heads, cmat(q), cmat(k), cmat(v), mat(out), lse)) return;
     const Rows<T> r{c, cmat(q), cmat(k), cmat(v), lse};
     backend::device::for_n(c.B * Heads * c.Tq, ForwardRow<T>{r, mat(out), lse});
   }
@@ -433,6 +435,9 @@ struct Attention {
     const Rows<T> r{c, cmat(q.first), cmat(k.first), cmat(v.first), scratch};
     const auto gm = cmat(g);
     backend::device::for_n(rows, RowDot<T>{c, gm, cmat(out), dot});
+    if (backend::device::attention_backward(c, Heads, Causal, cmat(q.first), cmat(k.first), cmat(v.first), gm, scratch, dot,
+                                            mat(q.second), mat(k.second), mat(v.second)))
+      return;
     if (q.second.data) backend::device::for_n(rows, QueryGrad<T>{r, gm, dot, mat(q.second)});
     if (k.second.data || v.second.data)
       backend::device::for_n(c.B * Heads * c.Tk, KeyValueGrad<T>{r, gm, dot, mat(k.second), mat(v.second)});
