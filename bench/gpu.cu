@@ -3,7 +3,8 @@
 //      fraction of a device-to-device copy of the same bytes;
 //   2. matmul through a loom program against cublasSgemm called directly on the same buffers;
 //   3. an MLP 784-256-10 training step (forward, cross-entropy, backward, Adam) per batch size;
-//   4. where each step's time goes: forward, forward + backward and the whole step (Adam) of that MLP at
+//   4. causal multi-head attention, forward and forward + backward, at three sizes;
+//   5. where each step's time goes: forward, forward + backward and the whole step (Adam) of that MLP at
 //      batch 512 and of examples/fashion_mnist's CNN at batch 64, each timed alone.
 // `bench_gpu --profile-step` skips all that and runs two CNN steps and two MLP steps with only the second
 // of each inside cudaProfilerStart/Stop, for Nsight Compute's per-kernel times:
@@ -80,6 +81,30 @@ void matmul_vs_cublas(std::size_t m, std::size_t k, std::size_t n) {
               loom_ms, flop / loom_ms / 1e9, cublas_ms, flop / cublas_ms / 1e9, loom_ms / cublas_ms);
 }
 
+/// Causal attention, Heads heads of Dh features, on q, k, v [B, T, Heads * Dh]: the forward and the forward +
+/// backward of sum(attention(q, k, v)) with gradients for q, k and v (bench/gpu_torch.py times PyTorch's
+/// scaled_dot_product_attention on the same shapes).
+template <std::size_t Heads, std::size_t Dh>
+void attention_step(std::size_t B, std::size_t T) {
+  constexpr std::size_t D = Heads * Dh;
+  using S = Shape<dyn, dyn, D>;
+  Generator g(5);
+  auto make = [&] { return normal<float, S, gpu>(g, 0, 1, {B, T, D}); };
+  const auto vq = make(), vk = make(), vv = make();
+  const Tensor<float, S, gpu> gq({B, T, D}), gk({B, T, D}), gv({B, T, D});
+  Variable<float, S, gpu> q, k, v;
+  q.bind(vq, gq);
+  k.bind(vk, gk);
+  v.bind(vv, gv);
+  auto p = compile(sum(attention<Heads, true>(q, k, v)));
+  const int iters = T >= 1024 ? 5 : 20;
+  const double f = time_ms([&] { p.forward(); }, iters);
+  const double fb = time_ms([&] { p.forward(); p.backward(); }, iters);
+  const double flop = 2.0 * 2.0 * double(B * Heads * Dh) * double(T) * double(T) / 2;  // causal: half of QK^T and PV
+  std::printf("attention (causal) B %zu, T %zu, %zu heads of %zu: forward %.3f ms (%.2f TFLOP/s), forward + backward %.3f ms "
+              "(%.2f TFLOP/s counting 3.5x the forward's work)\n", B, T, Heads, Dh, f, flop / f / 1e9, fb, 3.5 * flop / fb / 1e9);
+}
+
 using MLP = nn::Sequential<nn::Linear<784, 256>, nn::ReLU, nn::Linear<256, 10>>;
 using CNN = nn::Sequential<nn::Conv2d<1, 32, 3, 1, 1>, nn::BatchNorm2d<32>, nn::ReLU, nn::MaxPool2d<2>,
                            nn::Conv2d<32, 64, 3, 1, 1>, nn::BatchNorm2d<64>, nn::ReLU, nn::MaxPool2d<2>, nn::Flatten,
@@ -136,6 +161,10 @@ void breakdown(const char* name, Dims<S::rank> dims, bool profile) {
       LOOM_CUDA_CHECK(cudaProfilerStop());
       return;
     }
+    full();  // the steady state: count the launches of loom's own kernels (cuBLAS's are not counted)
+    const auto k0 = backend::device::kernel_stats().kernels;
+    full();
+    const auto kernels = backend::device::kernel_stats().kernels - k0;
     const double f = time_ms([&] { step.forward(xb, yb); }, 100);
     const double fb = time_ms([&] { step.forward(xb, yb); step.backward(); opt.zero_grad(); }, 100);
     const double all = time_ms(full, 100);
@@ -147,7 +176,8 @@ void breakdown(const char* name, Dims<S::rank> dims, bool profile) {
     const double host_enqueue = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / 100;
     device::synchronize();
     std::printf("%s, batch %zu: forward %.1f us, forward + backward (+ zero_grad) %.1f us, step (Adam) %.1f us; step's calls on the host "
-                "clock without waiting %.1f us\n", name, dims[0], f * 1e3, fb * 1e3, all * 1e3, host_enqueue * 1e3);
+                "clock without waiting %.1f us; loom kernels per step %zu\n", name, dims[0], f * 1e3, fb * 1e3, all * 1e3,
+                host_enqueue * 1e3, std::size_t(kernels));
   });
 }
 }  // namespace
@@ -170,6 +200,9 @@ int main(int argc, char** argv) {
   for (std::size_t s : {1024, 4096}) matmul_vs_cublas(s, s, s);
   matmul_vs_cublas(64, 784, 256);
   for (std::size_t b : {1, 64, 512}) mlp_step(b);
+  attention_step<4, 32>(32, 128);  // examples/char_lm's Transformer: width 128, 4 heads, 128 positions
+  attention_step<8, 64>(8, 256);
+  attention_step<8, 64>(8, 1024);
   breakdown<MLP, Shape<dyn, 784>>("MLP 784-256-10", {512, 784}, false);
   breakdown<CNN, Shape<dyn, 1, 28, 28>>("CNN (examples/fashion_mnist)", {64, 1, 28, 28}, false);
 }

@@ -6,7 +6,9 @@ mean over the timed calls), so that the two programs' lines can be read side by 
      torch.compile works, compiled (fused), beside a device-to-device copy;
   2. torch.mm at 1024^3, 4096^3 and 64x784x256 (TF32 off, as cublasSgemm's default);
   3. the MLP 784-256-10 training step (forward, cross-entropy, backward, Adam, zero_grad) at batch 1 / 64 / 512;
-  4. with a data folder as the first argument: one epoch of the small CNN of examples/fashion_mnist --model cnn
+  4. causal attention (scaled_dot_product_attention; q, k, v [B, T, H * dh] split into heads), forward and
+     forward + backward;
+  5. with a data folder as the first argument: one epoch of the small CNN of examples/fashion_mnist --model cnn
      (bench/cnn_epoch_torch.cpp's model), batch 64, Adam 1e-3, and its test accuracy.
 
 Debian's python3-torch is CPU-only: run this where a CUDA build of PyTorch is (the GPU machine's python3).
@@ -85,6 +87,20 @@ def mlp(batch):
     print(f"torch MLP 784-256-10 step (Adam), batch {batch}: {ms * 1e3:.1f} us", flush=True)
 
 
+def attention(B, T, H, dh):
+    g = torch.Generator(device=dev).manual_seed(5)
+    q, k, v = (torch.randn(B, T, H * dh, device=dev, generator=g).requires_grad_() for _ in range(3))
+    heads = lambda t: t.view(B, T, H, dh).transpose(1, 2)
+    sdpa = lambda: torch.nn.functional.scaled_dot_product_attention(heads(q), heads(k), heads(v), is_causal=True).transpose(
+        1, 2).reshape(B, T, H * dh)
+    iters = 5 if T >= 1024 else 20
+    f = time_ms(sdpa, iters)  # (records the graph for a backward, as loom's forward keeps what its backward reads)
+    fb = time_ms(lambda: sdpa().sum().backward(), iters)
+    flop = 2.0 * 2.0 * B * H * dh * T * T / 2
+    print(f"torch attention (causal, scaled_dot_product_attention) B {B}, T {T}, {H} heads of {dh}: forward {f:.3f} ms "
+          f"({flop / f / 1e9:.2f} TFLOP/s), forward + backward {fb:.3f} ms ({3.5 * flop / fb / 1e9:.2f} TFLOP/s)", flush=True)
+
+
 def idx(path, offset):
     with gzip.open(path, "rb") as f:
         return np.frombuffer(f.read(), dtype=np.uint8, offset=offset)
@@ -133,5 +149,8 @@ if __name__ == "__main__":
     mm(64, 784, 256)
     for b in (1, 64, 512):
         mlp(b)
+    attention(32, 128, 4, 32)
+    attention(8, 256, 8, 64)
+    attention(8, 1024, 8, 64)
     if len(sys.argv) > 1:
         cnn_epoch(sys.argv[1])
