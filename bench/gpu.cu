@@ -3,7 +3,8 @@
 //      fraction of a device-to-device copy of the same bytes;
 //   2. matmul through a loom program against cublasSgemm called directly on the same buffers;
 //   3. an MLP 784-256-10 training step (forward, cross-entropy, backward, Adam) per batch size;
-//   4. causal multi-head attention, forward and forward + backward, at three sizes;
+//   4. causal multi-head attention, forward and forward + backward, at three sizes, on CUDA's tiled kernels
+//      and on the portable ones;
 //   5. where each step's time goes: forward, forward + backward and the whole step (Adam) of that MLP at
 //      batch 512 and of examples/fashion_mnist's CNN at batch 64, each timed alone.
 // `bench_gpu --profile-step` skips all that and runs two CNN steps and two MLP steps with only the second
@@ -98,11 +99,16 @@ void attention_step(std::size_t B, std::size_t T) {
   v.bind(vv, gv);
   auto p = compile(sum(attention<Heads, true>(q, k, v)));
   const int iters = T >= 1024 ? 5 : 20;
-  const double f = time_ms([&] { p.forward(); }, iters);
-  const double fb = time_ms([&] { p.forward(); p.backward(); }, iters);
   const double flop = 2.0 * 2.0 * double(B * Heads * Dh) * double(T) * double(T) / 2;  // causal: half of QK^T and PV
-  std::printf("attention (causal) B %zu, T %zu, %zu heads of %zu: forward %.3f ms (%.2f TFLOP/s), forward + backward %.3f ms "
-              "(%.2f TFLOP/s counting 3.5x the forward's work)\n", B, T, Heads, Dh, f, flop / f / 1e9, fb, 3.5 * flop / fb / 1e9);
+  for (const bool tiled : {true, false}) {  // CUDA's tiled kernels, then the portable thread-per-row ones
+    device::tiled_attention() = tiled;
+    const double f = time_ms([&] { p.forward(); }, iters);
+    const double fb = time_ms([&] { p.forward(); p.backward(); }, iters);
+    std::printf("attention (causal, %s kernels) B %zu, T %zu, %zu heads of %zu: forward %.3f ms (%.2f TFLOP/s), forward + "
+                "backward %.3f ms (%.2f TFLOP/s counting 3.5x the forward's work)\n", tiled ? "tiled" : "portable", B, T, Heads,
+                Dh, f, flop / f / 1e9, fb, 3.5 * flop / fb / 1e9);
+  }
+  device::tiled_attention() = true;
 }
 
 using MLP = nn::Sequential<nn::Linear<784, 256>, nn::ReLU, nn::Linear<256, 10>>;

@@ -34,6 +34,16 @@ struct check_attention {
 };
 }  // namespace detail
 
+namespace device {
+/// Whether attention on a device may take the device's tiled kernels (CUDA: float heads of 16, 32 or 64
+/// features; backend/device/attention.hpp). false: always the portable thread-per-row kernels (to compare
+/// the two). Default true.
+inline bool& tiled_attention() {
+  static bool on = true;
+  return on;
+}
+}  // namespace device
+
 namespace ops {
 
 /// Run-time settings an attention node shares with the module that built it.
@@ -415,7 +425,8 @@ struct Attention {
       if constexpr (sizeof...(L) == 2) return device_context<Dev>(q, k, true, std::get<0>(std::tie(rest...)));
       else return device_context<Dev>(q, k, true);
     }();
-    if (backend::device::attention_forward(c, Heads, cmat(q), cmat(k), cmat(v), mat(out), lse)) return;
+    if (device::tiled_attention() && backend::device::attention_forward(c, Heads, cmat(q), cmat(k), cmat(v), mat(out), lse))
+      return;
     const Rows<T> r{c, cmat(q), cmat(k), cmat(v), lse};
     backend::device::for_n(c.B * Heads * c.Tq, ForwardRow<T>{r, mat(out), lse});
   }
@@ -435,7 +446,8 @@ struct Attention {
     const Rows<T> r{c, cmat(q.first), cmat(k.first), cmat(v.first), scratch};
     const auto gm = cmat(g);
     backend::device::for_n(rows, RowDot<T>{c, gm, cmat(out), dot});
-    if (backend::device::attention_backward(c, Heads, Causal, cmat(q.first), cmat(k.first), cmat(v.first), gm, scratch, dot,
+    if (device::tiled_attention() &&
+        backend::device::attention_backward(c, Heads, Causal, cmat(q.first), cmat(k.first), cmat(v.first), gm, scratch, dot,
                                             mat(q.second), mat(k.second), mat(v.second)))
       return;
     if (q.second.data) backend::device::for_n(rows, QueryGrad<T>{r, gm, dot, mat(q.second)});

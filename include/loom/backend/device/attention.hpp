@@ -3,9 +3,9 @@
 // 64 key rows (dK, dV) of one (batch, head), a thread one row, its accumulators in registers; the other
 // side's rows pass through shared memory a tile at a time, so each key and value is read from global
 // memory once per 64 queries (the portable kernels read them once per query). The scores are recomputed,
-// never stored; masks and dropout are the op's own (its context's visible() and drop()), and each row's
-// sums run in the same order as the portable kernels'. Elsewhere (other widths, double, the host device
-// systems) these return false and the op runs its portable thread-per-row kernels.
+// never stored; masks and dropout are the op's own (its context's visible() and drop()). Elsewhere (other
+// widths, double, the host device systems) these return false and the op runs its portable thread-per-row
+// kernels.
 #pragma once
 #include <cstddef>
 #include <limits>
@@ -21,21 +21,23 @@ constexpr int Rows = 64;      // query (forward, dQ) or key (dK, dV) rows per bl
 constexpr int KTile = 64;     // keys per shared-memory tile (forward, dQ)
 constexpr int QTile = 32;     // queries per shared-memory tile (dK, dV)
 
+/// Element (b, r0 + r, d0 + d) of operand m, 0 past `valid` rows.
+template <class T, class M>
+__device__ T element(const M& m, std::size_t b, std::size_t r0, int r, std::size_t valid, std::size_t d0, int d) {
+  const std::size_t row = r0 + static_cast<std::size_t>(r);
+  return row < valid ? m(b, row, d0 + static_cast<std::size_t>(d)) : T(0);
+}
 /// Rows [r0, r0 + n) of the head's features of operand m into s[n][Dh] (zeros past `valid` rows).
 template <int Dh, class M, class T>
 __device__ void load_rows(T (*s)[Dh], const M& m, std::size_t b, std::size_t r0, std::size_t valid, std::size_t d0, int n) {
-  for (int e = static_cast<int>(threadIdx.x); e < n * Dh; e += static_cast<int>(blockDim.x)) {
-    const int r = e / Dh, d = e % Dh;
-    s[r][d] = r0 + static_cast<std::size_t>(r) < valid ? m(b, r0 + static_cast<std::size_t>(r), d0 + static_cast<std::size_t>(d)) : T(0);
-  }
+  for (int e = static_cast<int>(threadIdx.x); e < n * Dh; e += static_cast<int>(blockDim.x))
+    s[e / Dh][e % Dh] = element<T>(m, b, r0, e / Dh, valid, d0, e % Dh);
 }
 /// The same, transposed: s[Dh][n] (each thread then reads its own row conflict-free).
 template <int Dh, class M, class T>
 __device__ void load_cols(T (*s)[Rows], const M& m, std::size_t b, std::size_t r0, std::size_t valid, std::size_t d0, int n) {
-  for (int e = static_cast<int>(threadIdx.x); e < n * Dh; e += static_cast<int>(blockDim.x)) {
-    const int r = e / Dh, d = e % Dh;
-    s[d][r] = r0 + static_cast<std::size_t>(r) < valid ? m(b, r0 + static_cast<std::size_t>(r), d0 + static_cast<std::size_t>(d)) : T(0);
-  }
+  for (int e = static_cast<int>(threadIdx.x); e < n * Dh; e += static_cast<int>(blockDim.x))
+    s[e % Dh][e / Dh] = element<T>(m, b, r0, e / Dh, valid, d0, e % Dh);
 }
 /// p, as far as the compiler knows, another pointer: a shared row read twice is read again rather than
 /// kept in (Dh more) registers between the two uses (which made the wide kernels spill).
@@ -44,12 +46,26 @@ __device__ const T* reread(const T* p) {
   asm volatile("" : "+l"(p));
   return p;
 }
+/// The sum of term(0), ..., term(Dh - 1) in 8 interleaved partial sums, added pairwise at the end: 8
+/// independent chains of multiply-adds instead of one Dh long (whose latency bound the kernels: a block
+/// has few warps, its registers being the rows).
+template <int Dh, class T, class F>
+__device__ T sum_of(const F& term) {
+  constexpr int P = Dh < 8 ? Dh : 8;
+  T part[P];
+#pragma unroll
+  for (int p = 0; p < P; ++p) part[p] = T(0);
+#pragma unroll
+  for (int d = 0; d < Dh; ++d) part[d % P] += term(d);
+#pragma unroll
+  for (int w = P / 2; w > 0; w /= 2)
+#pragma unroll
+    for (int p = 0; p < w; ++p) part[p] += part[p + w];
+  return part[0];
+}
 template <int Dh, class T>
 __device__ T dot(const T (&a)[Dh], const T* b) {
-  T acc = 0;
-#pragma unroll
-  for (int d = 0; d < Dh; ++d) acc += a[d] * b[d];
-  return acc;
+  return sum_of<Dh, T>([&](int d) { return a[d] * b[d]; });
 }
 
 /// Forward: out rows and each row's log-sum-exp. Grid (query blocks, B * heads).
@@ -135,13 +151,9 @@ __global__ void __launch_bounds__(Rows) query_grad(C c, std::size_t heads, CM q,
     for (int jj = 0; jj < n; ++jj) {
       const std::size_t j = j0 + static_cast<std::size_t>(jj);
       const T P = std::exp(dot<Dh>(qr, ks[jj]) * c.scale - lse_i);
-      T dp = 0;
-      if constexpr (wide<Dh>) {
-#pragma unroll
-        for (int d = 0; d < Dh; ++d) dp += gt[d][threadIdx.x] * vs[jj][d];
-      } else {
-        dp = dot<Dh>(gr, vs[jj]);
-      }
+      T dp;
+      if constexpr (wide<Dh>) dp = sum_of<Dh, T>([&](int d) { return gt[d][threadIdx.x] * vs[jj][d]; });
+      else dp = dot<Dh>(gr, vs[jj]);
       const T dS = P * (dp * c.drop(bh, i, j) - dot_i) * c.scale;
       const T* kj = reread(ks[jj]);
 #pragma unroll
@@ -195,15 +207,10 @@ __global__ void __launch_bounds__(Rows) key_value_grad(C c, std::size_t heads, b
     for (int r = 0; r < n; ++r) {
       const std::size_t i = t0 + static_cast<std::size_t>(r);
       if (j >= c.visible(end, i)) continue;
-      T s = 0, dp = 0;
-      if constexpr (wide<Dh>) {
-#pragma unroll
-        for (int d = 0; d < Dh; ++d) s += qs[r][d] * kt[d][threadIdx.x];
-      } else {
-        s = dot<Dh>(kr, qs[r]);
-      }
-#pragma unroll
-      for (int d = 0; d < Dh; ++d) dp += gs[r][d] * vt[d][threadIdx.x];
+      T s;
+      if constexpr (wide<Dh>) s = sum_of<Dh, T>([&](int d) { return qs[r][d] * kt[d][threadIdx.x]; });
+      else s = dot<Dh>(kr, qs[r]);
+      const T dp = sum_of<Dh, T>([&](int d) { return gs[r][d] * vt[d][threadIdx.x]; });
       const T P = std::exp(s * c.scale - ls[r]), M = c.drop(bh, i, j);
       const T dS = P * (dp * M - ds[r]) * c.scale, pm = P * M;
       const T *qi = reread(qs[r]), *gi = reread(gs[r]);
@@ -230,7 +237,9 @@ bool with_width(std::size_t dh, F&& f) {
     default: return false;
   }
 }
-inline dim3 grid(std::size_t rows, std::size_t bh) { return dim3(static_cast<unsigned>((rows + Rows - 1) / Rows), static_cast<unsigned>(bh)); }
+inline dim3 grid(std::size_t rows, std::size_t bh) {
+  return dim3(static_cast<unsigned>((rows + Rows - 1) / Rows), static_cast<unsigned>(bh));
+}
 }  // namespace attn
 
 /// The attention forward on CUDA's tiled kernels: false (nothing done) where they do not apply.
