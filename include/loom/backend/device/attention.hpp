@@ -68,6 +68,22 @@ __device__ T dot(const T (&a)[Dh], const T* b) {
   return sum_of<Dh, T>([&](int d) { return a[d] * b[d]; });
 }
 
+/// The walk over the keys of the forward and dQ: tiles of KT keys below `last` (the block's widest row)
+/// into ks / vs, then body(jj, j) for each key j = tile start + jj that this thread's row sees (j < vis).
+template <int KT, int Dh, class CM, class T, class F>
+__device__ void over_keys(T (*ks)[Dh], T (*vs)[Dh], const CM& k, const CM& v, std::size_t b, std::size_t end, std::size_t d0,
+                          std::size_t last, std::size_t vis, const F& body) {
+  for (std::size_t j0 = 0; j0 < last; j0 += KT) {
+    load_rows<Dh>(ks, k, b, j0, end, d0, KT);
+    load_rows<Dh>(vs, v, b, j0, end, d0, KT);
+    __syncthreads();
+    const int n = vis > j0 ? static_cast<int>(vis - j0 < KT ? vis - j0 : KT) : 0;
+#pragma unroll 1
+    for (int jj = 0; jj < n; ++jj) body(jj, j0 + static_cast<std::size_t>(jj));
+    __syncthreads();
+  }
+}
+
 /// Forward: out rows and each row's log-sum-exp. Grid (query blocks, B * heads).
 template <int Dh, class C, class CM, class WM, class T>
 __global__ void __launch_bounds__(Rows) forward(C c, std::size_t heads, CM q, CM k, CM v, WM out, T* lse) {
@@ -82,31 +98,23 @@ __global__ void __launch_bounds__(Rows) forward(C c, std::size_t heads, CM q, CM
 #pragma unroll
   for (int d = 0; d < Dh; ++d) qr[d] = row ? q(b, i, d0 + d) : T(0), acc[d] = T(0);
   T m = -std::numeric_limits<T>::infinity(), l = 0;
-  for (std::size_t j0 = 0; j0 < last; j0 += KTile) {
-    load_rows<Dh>(ks, k, b, j0, end, d0, KTile);
-    load_rows<Dh>(vs, v, b, j0, end, d0, KTile);
-    __syncthreads();
-    const int n = vis > j0 ? static_cast<int>(vis - j0 < KTile ? vis - j0 : KTile) : 0;
-#pragma unroll 1
-    for (int jj = 0; jj < n; ++jj) {
-      const T s = dot<Dh>(qr, ks[jj]) * c.scale;
-      T e;
-      if (s > m) {  // a new maximum: rescale what was summed so far
-        const T corr = std::exp(m - s);
-        l = l * corr + T(1);
+  over_keys<KTile>(ks, vs, k, v, b, end, d0, last, vis, [&](int jj, std::size_t j) {
+    const T s = dot<Dh>(qr, ks[jj]) * c.scale;
+    T e;
+    if (s > m) {  // a new maximum: rescale what was summed so far
+      const T corr = std::exp(m - s);
+      l = l * corr + T(1);
 #pragma unroll
-        for (int d = 0; d < Dh; ++d) acc[d] *= corr;
-        m = s, e = T(1);
-      } else {
-        e = std::exp(s - m);
-        l += e;
-      }
-      const T p = e * c.drop(bh, i, j0 + static_cast<std::size_t>(jj));
-#pragma unroll
-      for (int d = 0; d < Dh; ++d) acc[d] += p * vs[jj][d];
+      for (int d = 0; d < Dh; ++d) acc[d] *= corr;
+      m = s, e = T(1);
+    } else {
+      e = std::exp(s - m);
+      l += e;
     }
-    __syncthreads();
-  }
+    const T p = e * c.drop(bh, i, j);
+#pragma unroll
+    for (int d = 0; d < Dh; ++d) acc[d] += p * vs[jj][d];
+  });
   if (!row) return;
   const T inv = l > T(0) ? T(1) / l : T(0);
 #pragma unroll
@@ -142,25 +150,16 @@ __global__ void __launch_bounds__(Rows) query_grad(C c, std::size_t heads, CM q,
     for (int d = 0; d < Dh; ++d) gr[d] = row ? g(b, i, d0 + d) : T(0);
   }
   const T lse_i = row ? lse[bh * c.Tq + i] : T(0), dot_i = row ? rowdot[bh * c.Tq + i] : T(0);
-  for (std::size_t j0 = 0; j0 < last; j0 += KT) {
-    load_rows<Dh>(ks, k, b, j0, end, d0, KT);
-    load_rows<Dh>(vs, v, b, j0, end, d0, KT);
-    __syncthreads();
-    const int n = vis > j0 ? static_cast<int>(vis - j0 < KT ? vis - j0 : KT) : 0;
-#pragma unroll 1
-    for (int jj = 0; jj < n; ++jj) {
-      const std::size_t j = j0 + static_cast<std::size_t>(jj);
-      const T P = std::exp(dot<Dh>(qr, ks[jj]) * c.scale - lse_i);
-      T dp;
-      if constexpr (wide<Dh>) dp = sum_of<Dh, T>([&](int d) { return gt[d][threadIdx.x] * vs[jj][d]; });
-      else dp = dot<Dh>(gr, vs[jj]);
-      const T dS = P * (dp * c.drop(bh, i, j) - dot_i) * c.scale;
-      const T* kj = reread(ks[jj]);
+  over_keys<KT>(ks, vs, k, v, b, end, d0, last, vis, [&](int jj, std::size_t j) {
+    const T P = std::exp(dot<Dh>(qr, ks[jj]) * c.scale - lse_i);
+    T dp;
+    if constexpr (wide<Dh>) dp = sum_of<Dh, T>([&](int d) { return gt[d][threadIdx.x] * vs[jj][d]; });
+    else dp = dot<Dh>(gr, vs[jj]);
+    const T dS = P * (dp * c.drop(bh, i, j) - dot_i) * c.scale;
+    const T* kj = reread(ks[jj]);
 #pragma unroll
-      for (int d = 0; d < Dh; ++d) acc[d] += dS * kj[d];
-    }
-    __syncthreads();
-  }
+    for (int d = 0; d < Dh; ++d) acc[d] += dS * kj[d];
+  });
   if (!row) return;
 #pragma unroll
   for (int d = 0; d < Dh; ++d) dq(b, i, d0 + d) += acc[d];
