@@ -184,6 +184,15 @@ struct Eval<Node<Op, A...>, R> {
   }
 };
 
+/// The rows of up to K later outputs of a chunk that its first output prefetches as it runs (see
+/// run_fused): row[k] + j is element j of output k's destination.
+template <class T, std::size_t K>
+struct Ahead {
+  T* row[K];
+  std::size_t n = 0;
+};
+struct NoAhead {};
+
 /// One destination of a fused loop and the expression written there.
 template <Mode M, class T, std::size_t R, class E>
 struct Out {
@@ -193,6 +202,8 @@ struct Out {
   bool reduce_packet_ok = false;  // a row reduced into one element: packets accumulated, then folded
 
   static constexpr bool is_stage = false;
+  static constexpr Mode mode = M;
+  using value_type = T;
   template <class F> void visit(F&& f) { f(d.st); e.visit(f); }
   template <class F> void link(F&& f) { e.link(f); }
   static T combine(T a, T b) {
@@ -201,10 +212,15 @@ struct Out {
     else return a >= b ? a : b;
   }
   /// Elements [j0, j1) of row idx (the outer indices; the row axis is R - 1).
-  void row(const Dims<R>& idx, std::ptrdiff_t j0, std::ptrdiff_t j1) {
+  template <class A = NoAhead>
+  void row(const Dims<R>& idx, std::ptrdiff_t j0, std::ptrdiff_t j1, const A& ahead = {}) {
+    run(row_start(idx), d.inner(), idx, j0, j1, ahead);
+  }
+  /// Element 0 of row idx of the destination.
+  T* row_start(const Dims<R>& idx) const {
     Access<T, R> dl = d;
     dl.set_row(idx);
-    run(dl.row, dl.inner(), idx, j0, j1);
+    return dl.row;
   }
   /// The row's elements [j0, j1), written to out with stride di. The loop reads a local copy of the
   /// evaluator, its row pointers set here: Eigen's packet stores go through a may-alias vector type, so
@@ -212,7 +228,9 @@ struct Out {
   /// store, while a local whose address does not escape stays in registers (cache(): a staged value's
   /// chunk pointer too). Setting the rows on the copy, not on *this before copying it, also spares the
   /// copy a store-forwarding stall per operand (see run_fused).
-  void run(T* out, std::ptrdiff_t di, const Dims<R>& idx, std::ptrdiff_t j0, std::ptrdiff_t j1) const {
+  template <class A = NoAhead>
+  void run(T* out, std::ptrdiff_t di, const Dims<R>& idx, std::ptrdiff_t j0, std::ptrdiff_t j1,
+           const A& ahead = {}) const {
     Eval<E, R> local = e;
     local.set_row(idx);
     local.cache();
@@ -231,7 +249,7 @@ struct Out {
     std::ptrdiff_t j = j0;
     if constexpr (Eval<E, R>::packetable && std::is_same_v<T, typename Eval<E, R>::value_type>) {
       using P = typename ei::packet_traits<T>::type;
-      if (packet_ok && ei::unpacket_traits<P>::size > 1) j = store_packets<P>(local, out, j, j1);
+      if (packet_ok && ei::unpacket_traits<P>::size > 1) j = store_packets<P>(local, out, j, j1, ahead);
     }
     for (; j < j1; ++j) out[j * di] = combine(out[j * di], static_cast<T>(local.at(j)));
   }
@@ -266,11 +284,15 @@ struct Out {
   }
   /// Writes [j, j1) of a unit-stride row in packets of P, then the rest in its half-width packets (so a
   /// row that is not a multiple of 16 lanes leaves at most 3 elements to the scalar loop); returns the
-  /// first element not written.
-  template <class P>
-  static std::ptrdiff_t store_packets(const Eval<E, R>& e, T* out, std::ptrdiff_t j, std::ptrdiff_t j1) {
+  /// first element not written. With an Ahead, each full packet also prefetches the same elements of
+  /// the later outputs' rows (for writing: they are read, added to and stored).
+  template <class P, class A = NoAhead>
+  static std::ptrdiff_t store_packets(const Eval<E, R>& e, T* out, std::ptrdiff_t j, std::ptrdiff_t j1,
+                                      const A& ahead = {}) {
     constexpr std::ptrdiff_t W = ei::unpacket_traits<P>::size;
     for (; j + W <= j1; j += W) {
+      if constexpr (!std::is_same_v<A, NoAhead>)
+        for (std::size_t k = 0; k < ahead.n; ++k) __builtin_prefetch(ahead.row[k] + j, 1, 3);
       P v = e.template packet<P>(j);
       if constexpr (M == Mode::add) v = ei::padd(ei::ploadu<P>(out + j), v);
       else if constexpr (M == Mode::max) v = ei::pmax(ei::ploadu<P>(out + j), v);
@@ -287,6 +309,7 @@ struct Out {
 template <std::size_t Id, class T, std::size_t R, class E>
 struct StageOut {
   static constexpr bool is_stage = true;
+  static constexpr Mode mode = Mode::assign;
   static constexpr std::size_t id = Id;
   using value_type = T;
   Out<Mode::assign, T, R, E> out;  // writes the chunk buffer: unit inner stride, its row set per chunk
@@ -339,6 +362,33 @@ void with_stages(Body&& body, O&... o) {
     (own(o), ...);
     body();
   }
+}
+
+/// Whether output O adds into a unit-stride destination of element type T (a row worth prefetching).
+template <class O, class T>
+constexpr bool ahead_of = !O::is_stage && O::mode == Mode::add && std::is_same_v<typename O::value_type, T>;
+
+/// One chunk [j0, j1) of a long row through every output. Where the first output computes (a
+/// backward's forward part: its operands stream in from memory) and later ones add into gradient rows
+/// that are not in cache yet, the first output's packet loop prefetches those rows' elements of the
+/// chunk as it goes, so that their reads overlap its arithmetic instead of following it (the hardware
+/// prefetcher starts each row of a chunk anew, and the later outputs do little but load and add).
+template <std::size_t R, class First, class... Rest>
+void run_chunk_ahead(const Dims<R>& idx, std::ptrdiff_t j0, std::ptrdiff_t j1, First& first, Rest&... rest) {
+  using T = typename First::value_type;
+  constexpr std::size_t K = (std::size_t{ahead_of<Rest, T>} + ... + 0);
+  if constexpr (First::is_stage || K == 0) {
+    first.row(idx, j0, j1);
+  } else {
+    Ahead<T, K> ahead;
+    auto note = [&](auto& o) {
+      if constexpr (ahead_of<std::remove_cvref_t<decltype(o)>, T>)
+        if (o.packet_ok) ahead.row[ahead.n++] = o.row_start(idx);
+    };
+    (note(rest), ...);
+    first.row(idx, j0, j1, ahead);
+  }
+  (rest.row(idx, j0, j1), ...);
 }
 
 /// Runs every output over the extents `dims` in one loop nest. `parallel` says the destinations are
@@ -403,7 +453,9 @@ void run_fused(Dims<R> dims, bool parallel, O&&... outs) {
         for (std::size_t k = R - 1; k-- > 0;) idx[k] = r % dims[k], r /= dims[k];
         for (std::size_t i = i0; i < i1; ++i) {
           const std::ptrdiff_t j0 = static_cast<std::ptrdiff_t>(c) * chunk;
-          (o.row(idx, j0, std::min(j0 + chunk, n)), ...);
+          const std::ptrdiff_t j1 = std::min(j0 + chunk, n);
+          if (chunk < n) run_chunk_ahead(idx, j0, j1, o...);
+          else (o.row(idx, j0, j1), ...);
           if (++c == per_row && i + 1 < i1) {
             c = 0;
             for (std::size_t k = R - 1; k-- > 0;) {
