@@ -69,9 +69,10 @@ namespace {
 /// conv2d<1, P, D>'s value, dx and dW for the loss sum(y * r), against the definition summed in
 /// double: sizes that give the host's stride-1 kernels whole blocks of output channels and vectors
 /// and remainders of both (11 output channels, rows of 13 + padding), a non-square kernel.
-template <class T, std::size_t P, std::size_t D, std::size_t KH, std::size_t KW>
+template <class T, std::size_t P, std::size_t D, std::size_t KH, std::size_t KW, std::size_t C = 3, std::size_t O = 11,
+          std::size_t H = 9, std::size_t W = 13>
 void direct_case(double tol) {
-  constexpr std::size_t N = 2, C = 3, H = 9, W = 13, O = 11;
+  constexpr std::size_t N = 2;
   const std::size_t pad = P, dilation = D, kh = KH, kw = KW;
   CAPTURE(pad);
   CAPTURE(dilation);
@@ -127,6 +128,62 @@ TEST_CASE("conv2d, stride 1 on the host: register blocks and their remainders ag
   direct_case<double, 1, 1, 3, 3>(1e-12);
   direct_case<double, 3, 1, 5, 4>(1e-12);
   direct_case<double, 1, 1, 1, 1>(1e-12);  // padding past D (K - 1): the im2col path
+}
+
+TEST_CASE("conv2d 3x3 by Winograd's F(2x2, 3x3) on the host: against the definition, on threads, gradients") {
+  using loom::backend::cpu::winograd::stats;
+  const std::size_t before = stats().forwards, before_bwd = stats().backwards;
+  // partial tiles (odd extents), tile rows of one vector and of several (W = 40: 20 tiles), channel
+  // counts off the register blocks (9 in, 11 and 17 out), padding 0, 1 and 2. Float: the transforms'
+  // rounding, within 2e-5 of the double sums (the direct kernels' cases keep 1e-5).
+  direct_case<float, 1, 1, 3, 3, 8, 8, 9, 13>(2e-5);
+  direct_case<float, 0, 1, 3, 3, 9, 17, 10, 12>(2e-5);
+  direct_case<float, 2, 1, 3, 3, 8, 11, 7, 7>(2e-5);
+  direct_case<float, 1, 1, 3, 3, 16, 32, 5, 40>(2e-5);
+  direct_case<double, 1, 1, 3, 3, 8, 9, 9, 13>(1e-12);
+  direct_case<double, 0, 1, 3, 3, 9, 8, 6, 35>(1e-12);
+  CHECK(stats().forwards > before);  // the cases above ran the Winograd path
+  CHECK(stats().backwards > before_bwd);
+  auto x = loom::testing::param<Shape<3, 8, 7, 6>>(57);
+  auto w = loom::testing::param<Shape<9, 8, 3, 3>>(58);
+  loom::testing::gradcheck([&] { return conv2d<1, 1>(x, w); }, x, w);
+  loom::testing::gradcheck([&] { return conv2d<1, 2>(x, w); }, x, w);
+#ifdef _OPENMP
+  auto y = conv2d<1, 1>(x, w);
+  auto step = compile(sum(y * tanh(y)));
+  loom::testing::same_on_threads([&] {
+    x.zero_grad(), w.zero_grad();
+    auto v = loom::testing::values(step.forward());
+    step.backward();
+    return std::vector{v, loom::testing::values(x.grad()), loom::testing::values(w.grad())};
+  }, [&](const auto& r, const auto& one) {  // equal up to the order of dW's partial sums
+    for (std::size_t k = 0; k < r.size(); ++k) {
+      REQUIRE(r[k].size() == one[k].size());
+      for (std::size_t i = 0; i < r[k].size(); ++i) CHECK(r[k][i] == doctest::Approx(one[k][i]).epsilon(1e-12));
+    }
+  });
+#endif
+  // and the direct kernels give the same (host::winograd_conv() = false)
+  Generator gen(59);
+  Param<float, Shape<2, 12, 9, 11>> fp(normal<float, Shape<2, 12, 9, 11>>(gen));
+  Param<float, Shape<10, 12, 3, 3>> fw(normal<float, Shape<10, 12, 3, 3>>(gen));
+  auto fstep = compile(sum(conv2d<1, 1>(fp, fw) * conv2d<1, 1>(fp, fw)));
+  auto run = [&] {
+    fp.zero_grad(), fw.zero_grad();
+    auto v = loom::testing::values(fstep.forward());
+    fstep.backward();
+    return std::vector{v, loom::testing::values(fp.grad()), loom::testing::values(fw.grad())};
+  };
+  const auto wino = run();
+  loom::host::winograd_conv() = false;
+  const std::size_t direct_before = stats().forwards;
+  const auto direct = run();
+  loom::host::winograd_conv() = true;
+  CHECK(stats().forwards == direct_before);
+  for (std::size_t k = 0; k < wino.size(); ++k) {
+    REQUIRE(wino[k].size() == direct[k].size());
+    for (std::size_t i = 0; i < wino[k].size(); ++i) CHECK(wino[k][i] == doctest::Approx(direct[k][i]).epsilon(1e-4).scale(1.0));
+  }
 }
 
 TEST_CASE("conv2d and max_pool2d: samples and planes split over threads give the one-thread values and gradients") {

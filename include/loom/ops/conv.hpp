@@ -6,10 +6,12 @@
 //   pool:  out = max over each window (argmax kept)         dx[argmax] += g
 #pragma once
 #include <algorithm>
+#include <optional>
 
 #include "../backend/cpu/gemm.hpp"
 #include "../backend/cpu/parallel.hpp"
 #include "../backend/cpu/plane_conv.hpp"
+#include "../backend/cpu/winograd.hpp"
 #include "../backend/exec.hpp"
 #include "op.hpp"
 
@@ -43,6 +45,16 @@ inline std::size_t& conv_workspace_limit() {
 }
 }  // namespace device
 
+namespace host {
+/// Whether a host convolution that fits Winograd's F(2x2, 3x3) (3x3, stride 1, no dilation, padding up
+/// to 2, at least 8 channels in and out) takes it (backend/cpu/winograd.hpp); false: the direct kernels
+/// (to compare the two). Default true.
+inline bool& winograd_conv() {
+  static bool on = true;
+  return on;
+}
+}  // namespace host
+
 namespace ops {
 
 template <std::size_t S, std::size_t P, std::size_t D>
@@ -67,8 +79,35 @@ struct Conv2d {
   std::size_t scratch(const Dims<4>& x, const Dims<4>& w) const {
     const auto o = dims(x, w);
     const std::size_t im2col = x[1] * w[2] * w[3] * o[2] * o[3];
+    if (winograd_fits(w)) return std::max(direct_scratch(x, w), WinogradPlan<float>(x, w).size);  // (either may run)
     return direct(w) ? std::max(im2col, direct_scratch(x, w)) : im2col;
   }
+
+  // ---- the host's Winograd path (3x3, stride 1): backend/cpu/winograd.hpp -------------------------------
+  /// F(2x2, 3x3) applies: a 3x3 kernel at stride 1, no dilation, padding up to 2 (the input gradient's
+  /// padding is 2 - P), and at least 8 channels each side (with fewer, its transforms cost more than the
+  /// multiplications it saves: the direct kernels take those).
+  static bool winograd_fits(const Dims<4>& w) {
+    return S == 1 && D == 1 && P <= 2 && w[2] == 3 && w[3] == 3 && w[0] >= 8 && w[1] >= 8;
+  }
+  static bool winograd(const Dims<4>& w) { return winograd_fits(w) && host::winograd_conv(); }
+  /// The scratch of the Winograd path: the transformed weight, shared by the threads (the forward's, or
+  /// the input gradient's: reversed, channel axes swapped), then one thread's buffers: the forward's
+  /// plan f, or in the backward f with the weight gradient's buffers, the input gradient's plan b, and
+  /// the 16 x O x C sums dU.
+  template <class T>
+  struct WinogradPlan {
+    backend::cpu::winograd::Plan<T> f, b;
+    backend::cpu::winograd::GradPlan<T> g;
+    std::size_t u, per_thread, bwd_b, bwd_du, size;
+    WinogradPlan(const Dims<4>& x, const Dims<4>& w) : f(x[1], w[0], x[2], x[3], P), b(w[0], x[1], f.HO, f.WO, 2 - P), g(f) {
+      u = f.align(16 * w[0] * w[1]);
+      bwd_b = g.size;
+      bwd_du = bwd_b + b.size;
+      per_thread = std::max(f.size, bwd_du + 16 * w[0] * w[1]);
+      size = u + per_thread;
+    }
+  };
 
   // ---- the host's direct path (stride 1): backend/cpu/plane_conv.hpp --------------------------------------
   /// Stride 1, with a padding the input gradient's reversed correlation can express (P <= D (K - 1)),
@@ -335,6 +374,20 @@ struct Conv2d {
     const auto wm = weight_matrix(w);
     const std::size_t HW = out.dims[2] * out.dims[3], O = wm.dims[0];
     (void)sample(out, 0);  // checks the layout here: nothing may throw on the threads
+    if (winograd(w.dims)) {
+      namespace wg = backend::cpu::winograd;
+      const WinogradPlan<T> plan(x.dims, w.dims);
+      const auto& f = plan.f;
+      ++wg::stats().forwards;
+      wg::transform_weights(f.O, f.C, w.data, w.strides[0], w.strides[1], 1, col);
+      over_samples(x.dims[0], plan.per_thread, col + plan.u, [&](std::size_t n0, std::size_t n1, T* c, std::size_t, std::size_t) {
+        std::fill_n(c + f.split_in, f.v - f.split_in, T{0});  // the padding, which split() leaves as it is
+        for (std::size_t n = n0; n < n1; ++n)
+          wg::convolve<false>(f, col, x.data + static_cast<std::ptrdiff_t>(n) * x.strides[0], x.strides[1], x.strides[2], x.strides[3],
+                              out.data + static_cast<std::ptrdiff_t>(n) * out.strides[0], out.strides[1], out.strides[2], out.strides[3], c);
+      });
+      return;
+    }
     if (direct(w.dims)) {
       const DirectPlan<T> plan(x.dims, w.dims);
       const auto& f = plan.f;
@@ -365,14 +418,22 @@ struct Conv2d {
     const bool want_w = w.second.data != nullptr, want_x = x.second.data != nullptr;
     const auto dw = want_w ? weight_matrix(w.second) : detail::View<T, 2>{};
     (void)sample(g, 0);  // checks the layout here: nothing may throw on the threads
-    const bool dir = direct(w.first.dims);
-    const std::size_t col_size = dir ? direct_scratch(x.first.dims, w.first.dims) : CKK * HW;
-    over_samples(x.first.dims[0], col_size, col, [&](std::size_t n0, std::size_t n1, T* c, std::size_t t, std::size_t nt) {
+    const bool wino = winograd(w.first.dims), dir = direct(w.first.dims);
+    std::optional<WinogradPlan<T>> wplan;
+    if (wino) {  // the input gradient's transformed weight: reversed taps, channel axes swapped
+      wplan.emplace(x.first.dims, w.first.dims);
+      ++backend::cpu::winograd::stats().backwards;
+      if (want_x) backend::cpu::winograd::transform_weights(wplan->b.O, wplan->b.C, w.first.data + 8, w.first.strides[1],
+                                                            w.first.strides[0], std::ptrdiff_t{-1}, col);
+    }
+    const std::size_t col_size = wino ? wplan->per_thread : dir ? direct_scratch(x.first.dims, w.first.dims) : CKK * HW;
+    over_samples(x.first.dims[0], col_size, wino ? col + wplan->u : col, [&](std::size_t n0, std::size_t n1, T* c, std::size_t t, std::size_t nt) {
       // thread 0 accumulates into dW itself, the others into a partial [R, CKK] of their own
       T* part = want_w && t > 0 ? backend::cpu::detail_gemm::workspace<T, detail::ConvWeightGradTag>(R * CKK) : nullptr;
       if (part) std::fill_n(part, R * CKK, T{0});
       const auto dw_t = part ? detail::View<T, 2>{part, {R, CKK}, {static_cast<std::ptrdiff_t>(CKK), 1}} : dw;
-      if (dir) backward_direct(g, x, w.first, dw_t, want_w, want_x, n0, n1, c);
+      if (wino) backward_winograd(*wplan, g, x, col, dw_t, want_w, want_x, n0, n1, c);
+      else if (dir) backward_direct(g, x, w.first, dw_t, want_w, want_x, n0, n1, c);
       else {
         const detail::View<T, 2> cv{c, {CKK, HW}, {static_cast<std::ptrdiff_t>(HW), 1}};
         for (std::size_t n = n0; n < n1; ++n) {
@@ -397,6 +458,41 @@ struct Conv2d {
       }
 #endif
     });
+  }
+  /// Samples [n0, n1) of the host's Winograd backward: dW (dw_t: [Cout, Cin 3 3]) += the weight gradient
+  /// summed over the samples in vector partial sums, finished once; dx += the output gradient (padded by
+  /// 2 - P) convolved with the transformed reversed weight ub.
+  template <class T>
+  void backward_winograd(const WinogradPlan<T>& plan, const detail::View<T, 4>& g,
+                         const std::pair<detail::View<T, 4>, detail::View<T, 4>>& x, const T* ub, const detail::View<T, 2>& dw_t,
+                         bool want_w, bool want_x, std::size_t n0, std::size_t n1, T* c) const {
+    namespace wg = backend::cpu::winograd;
+    const auto &f = plan.f, &b = plan.b;
+    const auto& gp = plan.g;
+    T* const cb = c + plan.bwd_b;
+    const auto& dx = x.second;
+    if (want_w) {
+      std::fill(c + f.split_in, c + f.v, T{0});      // the padding, which split() leaves as it is
+      std::fill(c + gp.sg, c + gp.dm, T{0});        // the output gradient's padding
+      std::fill(c + gp.acc, c + gp.size, T{0});     // the partial sums
+      for (std::size_t xi = 0; xi < 16; ++xi)      // the tiles past the last, which the products read
+        for (std::size_t o = 0; o < f.O; ++o) {
+          T* row = c + gp.dm + xi * f.ms + o * f.tp;
+          std::fill(row + f.tiles, row + f.tiles_v(), T{0});
+        }
+    }
+    if (want_x) std::fill(cb + b.split_in, cb + b.v, T{0});
+    for (std::size_t n = n0; n < n1; ++n) {
+      const T* gn = g.data + static_cast<std::ptrdiff_t>(n) * g.strides[0];
+      if (want_w)
+        wg::accumulate_weight_grad(f, gp, x.first.data + static_cast<std::ptrdiff_t>(n) * x.first.strides[0], x.first.strides[1],
+                                   x.first.strides[2], x.first.strides[3], gn, g.strides[1], g.strides[2], g.strides[3], c);
+      if (want_x)
+        wg::convolve<true>(b, ub, gn, g.strides[1], g.strides[2], g.strides[3], dx.data + static_cast<std::ptrdiff_t>(n) * dx.strides[0],
+                           dx.strides[1], dx.strides[2], dx.strides[3], cb);
+    }
+    if (want_w && n1 > n0)
+      wg::finish_weight_grad(f, gp, c, c + plan.bwd_du, dw_t.data, dw_t.strides[0], std::ptrdiff_t{9}, std::ptrdiff_t{1});
   }
   /// Samples [n0, n1) of the host's stride-1 backward: dW (dw_t: [Cout, Cin K K]) += the dot kernel of the
   /// output gradient (spread to the input's pitch) with the padded input; dx += the output gradient
