@@ -145,14 +145,19 @@ void BM_bmm_loom(benchmark::State& s, bool bwd) {
 }
 
 // ---- conv2d 3x3 (padding 1), max_pool2d 2x2, batch norm, layer norm ---------------------------------------------
-template <std::size_t Cin, std::size_t Cout>
+// Path: the host's choice (0), or forced: the direct kernels (1), Winograd F(2x2, 3x3) (2) or F(4x4, 3x3) (4).
+template <std::size_t Cin, std::size_t Cout, std::size_t Path = 0>
 void BM_conv2d_loom(benchmark::State& s, bool bwd) {
   const auto n = std::size_t(s.range(0)), hw = std::size_t(s.range(1));
   Var<Shape<dyn, Cin, dyn, dyn>> x({n, Cin, hw, hw});
   auto w = rnd<Shape<Cout, Cin, 3, 3>>(2);
   auto p = compile(conv2d<1, 1>(x.v, w));
+  host::winograd_conv() = Path != 1;
+  host::winograd_tile() = Path == 1 ? 0 : Path;
   fwd_or_bwd(s, p, bwd, {.flops = (bwd ? 3 : 1) * bench::conv2d_flops(n, Cin, Cout, hw, hw, 3, 3),
                          .bytes = 4.0 * n * (Cin + Cout) * hw * hw});
+  host::winograd_conv() = true;
+  host::winograd_tile() = 0;
 }
 void BM_maxpool_loom(benchmark::State& s, bool bwd) {
   const auto n = std::size_t(s.range(0)), c = std::size_t(s.range(1)), hw = std::size_t(s.range(2));
@@ -279,6 +284,10 @@ void register_all() {
   both("matmul", "eigen", BM_matmul_eigen, mm);
   both("bmm", LOOM_BENCH_BACKEND, BM_bmm_loom, {{8, 32, 32}, {16, 128, 64}, {16, 512, 64}});
   both("conv2d", LOOM_BENCH_BACKEND, BM_conv2d_loom<16, 32>, img);
+  // the host's paths forced, to compare them (3x3 convolutions take Winograd where it applies)
+  both("conv2ddirect", LOOM_BENCH_BACKEND, BM_conv2d_loom<16, 32, 1>, {{32, 28}});
+  both("conv2dwinograd2", LOOM_BENCH_BACKEND, BM_conv2d_loom<16, 32, 2>, {{32, 28}});
+  both("conv2dwinograd4", LOOM_BENCH_BACKEND, BM_conv2d_loom<16, 32, 4>, {{32, 28}});
   // the two convolutions of the Fashion-MNIST CNN (examples/fashion_mnist.cpp --model cnn), batch 64
   both("conv2d1to32", LOOM_BENCH_BACKEND, BM_conv2d_loom<1, 32>, {{64, 28}});
   both("conv2d32to64", LOOM_BENCH_BACKEND, BM_conv2d_loom<32, 64>, {{64, 14}});

@@ -71,7 +71,7 @@ namespace {
 /// and remainders of both (11 output channels, rows of 13 + padding), a non-square kernel.
 template <class T, std::size_t P, std::size_t D, std::size_t KH, std::size_t KW, std::size_t C = 3, std::size_t O = 11,
           std::size_t H = 9, std::size_t W = 13>
-void direct_case(double tol) {
+void direct_case(double tol, bool normwise = false) {
   constexpr std::size_t N = 2;
   const std::size_t pad = P, dilation = D, kh = KH, kw = KW;
   CAPTURE(pad);
@@ -111,7 +111,10 @@ void direct_case(double tol) {
   auto check = [&](const std::vector<double>& got, const std::vector<double>& want, const char* what) {
     CAPTURE(what);
     REQUIRE(got.size() == want.size());
-    for (std::size_t i = 0; i < got.size(); ++i) CHECK(got[i] == doctest::Approx(want[i]).epsilon(tol).scale(1.0));
+    double scale = 1.0;  // normwise: the tolerance relative to the largest magnitude (Winograd's error bound)
+    if (normwise)
+      for (double v : want) scale = std::max(scale, std::abs(v));
+    for (std::size_t i = 0; i < got.size(); ++i) CHECK(got[i] == doctest::Approx(want[i]).epsilon(tol).scale(scale));
   };
   check(yv, want_y, "value");
   check(loom::testing::values(x.grad()), want_dx, "dx");
@@ -130,27 +133,45 @@ TEST_CASE("conv2d, stride 1 on the host: register blocks and their remainders ag
   direct_case<double, 1, 1, 1, 1>(1e-12);  // padding past D (K - 1): the im2col path
 }
 
-TEST_CASE("conv2d 3x3 by Winograd's F(2x2, 3x3) on the host: against the definition, on threads, gradients") {
+TEST_CASE("conv2d 3x3 by Winograd's F(2x2, 3x3) and F(4x4, 3x3) on the host: against the definition, on threads, gradients") {
   using loom::backend::cpu::winograd::stats;
-  const std::size_t before = stats().forwards, before_bwd = stats().backwards;
-  // partial tiles (odd extents), tile rows of one vector and of several (W = 40: 20 tiles), channel
-  // counts off the register blocks (9 in, 11 and 17 out), padding 0, 1 and 2. Float: the transforms'
-  // rounding, within 2e-5 of the double sums (the direct kernels' cases keep 1e-5).
-  direct_case<float, 1, 1, 3, 3, 8, 8, 9, 13>(2e-5);
-  direct_case<float, 0, 1, 3, 3, 9, 17, 10, 12>(2e-5);
-  direct_case<float, 2, 1, 3, 3, 8, 11, 7, 7>(2e-5);
-  direct_case<float, 1, 1, 3, 3, 16, 32, 5, 40>(2e-5);
-  direct_case<double, 1, 1, 3, 3, 8, 9, 9, 13>(1e-12);
-  direct_case<double, 0, 1, 3, 3, 9, 8, 6, 35>(1e-12);
+  const std::size_t before = stats().forwards, before_bwd = stats().backwards, before_f4 = stats().f4;
+  // partial tiles (extents not a multiple of the tile), tile rows of one vector and of several (W = 40:
+  // 20 tiles of 2, 10 of 4; W = 70: 17 tiles of 4), channel counts off the register blocks (9 in, 11
+  // and 17 out), padding 0, 1 and 2. Float: within 1e-5 of the largest magnitude of each result
+  // (Winograd's error bound is normwise: the transforms' sums cancel; F(4x4, 3x3), whose matrices hold
+  // 8 and 1/24, rounds several times more than F(2x2, 3x3) and than the direct kernels' 1e-5 per element).
+  for (std::size_t m : {2, 4}) {
+    CAPTURE(m);
+    loom::host::winograd_tile() = m;
+    direct_case<float, 1, 1, 3, 3, 8, 8, 9, 13>(1e-5, true);
+    direct_case<float, 0, 1, 3, 3, 9, 17, 10, 12>(1e-5, true);
+    direct_case<float, 2, 1, 3, 3, 8, 11, 7, 7>(1e-5, true);
+    direct_case<float, 1, 1, 3, 3, 16, 32, 5, 40>(1e-5, true);
+    direct_case<float, 1, 1, 3, 3, 8, 8, 11, 70>(1e-5, true);
+    direct_case<double, 1, 1, 3, 3, 8, 9, 9, 13>(1e-12);
+    direct_case<double, 0, 1, 3, 3, 9, 8, 6, 35>(1e-12);
+    direct_case<double, 2, 1, 3, 3, 8, 8, 10, 10>(1e-12);
+  }
+  loom::host::winograd_tile() = 0;
+  CHECK(stats().f4 > before_f4);
   CHECK(stats().forwards > before);  // the cases above ran the Winograd path
   CHECK(stats().backwards > before_bwd);
   auto x = loom::testing::param<Shape<3, 8, 7, 6>>(57);
   auto w = loom::testing::param<Shape<9, 8, 3, 3>>(58);
-  loom::testing::gradcheck([&] { return conv2d<1, 1>(x, w); }, x, w);
-  loom::testing::gradcheck([&] { return conv2d<1, 2>(x, w); }, x, w);
+  for (std::size_t m : {2, 4}) {
+    CAPTURE(m);
+    loom::host::winograd_tile() = m;
+    loom::testing::gradcheck([&] { return conv2d<1, 1>(x, w); }, x, w);
+    loom::testing::gradcheck([&] { return conv2d<1, 2>(x, w); }, x, w);
+  }
+  loom::host::winograd_tile() = 0;
 #ifdef _OPENMP
   auto y = conv2d<1, 1>(x, w);
   auto step = compile(sum(y * tanh(y)));
+  for (std::size_t m : {2, 4}) {
+  CAPTURE(m);
+  loom::host::winograd_tile() = m;
   loom::testing::same_on_threads([&] {
     x.zero_grad(), w.zero_grad();
     auto v = loom::testing::values(step.forward());
@@ -162,6 +183,8 @@ TEST_CASE("conv2d 3x3 by Winograd's F(2x2, 3x3) on the host: against the definit
       for (std::size_t i = 0; i < r[k].size(); ++i) CHECK(r[k][i] == doctest::Approx(one[k][i]).epsilon(1e-12));
     }
   });
+  }
+  loom::host::winograd_tile() = 0;
 #endif
   // and the direct kernels give the same (host::winograd_conv() = false)
   Generator gen(59);
@@ -182,7 +205,9 @@ TEST_CASE("conv2d 3x3 by Winograd's F(2x2, 3x3) on the host: against the definit
   CHECK(stats().forwards == direct_before);
   for (std::size_t k = 0; k < wino.size(); ++k) {
     REQUIRE(wino[k].size() == direct[k].size());
-    for (std::size_t i = 0; i < wino[k].size(); ++i) CHECK(wino[k][i] == doctest::Approx(direct[k][i]).epsilon(1e-4).scale(1.0));
+    double big = 0;  // Winograd's error bound is normwise: relative to the largest magnitude, not to each element
+    for (double v : direct[k]) big = std::max(big, std::abs(v));
+    for (std::size_t i = 0; i < wino[k].size(); ++i) CHECK(wino[k][i] == doctest::Approx(direct[k][i]).epsilon(1e-5).scale(big));
   }
 }
 

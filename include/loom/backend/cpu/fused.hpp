@@ -380,7 +380,7 @@ void run_chunk_ahead(const Dims<R>& idx, std::ptrdiff_t j0, std::ptrdiff_t j1, F
   if constexpr (First::is_stage || K == 0) {
     first.row(idx, j0, j1);
   } else {
-    Ahead<T, K> ahead;
+    Ahead<T, K> ahead{};
     auto note = [&](auto& o) {
       if constexpr (ahead_of<std::remove_cvref_t<decltype(o)>, T>)
         if (o.packet_ok) ahead.row[ahead.n++] = o.row_start(idx);

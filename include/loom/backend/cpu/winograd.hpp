@@ -1,29 +1,34 @@
-// loom/backend/cpu/winograd.hpp — 3x3, stride-1 convolution on the host by Winograd's F(2x2, 3x3):
-// 16 multiplications per 2x2 outputs per channel pair where the direct kernels (plane_conv.hpp) do 36.
+// loom/backend/cpu/winograd.hpp — 3x3, stride-1 convolution on the host by Winograd's minimal
+// filtering F(MxM, 3x3), M = 2 or 4: per M x M outputs and channel pair, (M + 2)^2 multiplications
+// (16 for 4 outputs, 36 for 16) where the direct kernels (plane_conv.hpp) do 9 per output.
 //
-// The output is cut into 2x2 tiles, each reading a 4x4 patch d of the padded input. With the weight
-// g (3x3) transformed once per call to U = G g G^T and each patch to V = B^T d B (4x4 each), a tile's
-// output is A^T M A, where M = the sum over input channels of U (.) V, elementwise. So the 16 entries
-// xi of the 4x4 transforms are 16 independent products M[xi] = U[xi] (O x C) . V[xi] (C x tiles), run
-// by plane_conv's register-blocked kernel (one tap). The input gradient is the same computation over the
-// padded output gradient with the weight reversed and its channel axes swapped; the weight gradient
-// runs it backwards: dU[xi] += dM[xi] . V[xi]^T, with dM = A dY A^T per tile, summed over tiles and
-// samples in vector partial sums, and dg = G^T dU G once per call.
+// The output is cut into M x M tiles, each reading an a x a patch d (a = M + 2) of the padded input.
+// With the weight g (3x3) transformed once per call to U = G g G^T and each patch to V = B^T d B (a x a
+// each), a tile's output is A^T M A, where M = the sum over input channels of U (.) V, elementwise. So
+// the a^2 entries xi of the transforms are independent products M[xi] = U[xi] (O x C) . V[xi] (C x
+// tiles), run by plane_conv's register-blocked kernel (one tap). The input gradient is the same over the
+// padded output gradient with the weight reversed and its channel axes swapped; the weight gradient runs
+// it backwards: dU[xi] += dM[xi] . V[xi]^T with dM = A dY A^T per tile, summed over tiles and samples in
+// vector partial sums, and dg = G^T dU G once per call. The matrices are Lavin & Gray's; every
+// transform is "apply a small constant matrix along rows, then along columns" (transform2d), its zero
+// coefficients skipped and its +-1 ones added, at compile time.
 //
-// Every transform runs on vectors of tiles along a tile row. Stride-2 access (a tile starts every
-// second column) is avoided by keeping the padded input (and the output, and the output gradient) as
-// split planes: each row's even columns, then its odd ones. Tiles are numbered t = i * tw + j (tile
-// row i, column j, tw per row) without gaps; a tile row's last vector writes past its end into the
-// next row, which is written after it (its lanes past tw are junk there, never read as tiles).
+// Every transform runs on vectors of tiles along a tile row. Strided access (a tile starts every M-th
+// column) is avoided by keeping the padded input (and the output, and the output gradient) as split
+// planes: each row's columns x = 0, M, 2M, ..., then x = 1, M + 1, ..., (M phases). Tiles are numbered
+// t = i * tw + j (tile row i, column j, tw per row) without gaps; a tile row's last vector writes past
+// its end into the next row, which is written after it (lanes past tw are junk, never read as tiles).
 #pragma once
 #include <algorithm>
 #include <cstddef>
 #include <type_traits>
+#include <utility>
+
+#include "plane_conv.hpp"
+
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
-
-#include "plane_conv.hpp"
 
 namespace loom::backend::cpu::winograd {
 
@@ -36,43 +41,128 @@ using plane_conv::lanes;
 using plane_conv::Packet;
 namespace ei = Eigen::internal;
 
-/// Calls of the Winograd path on this thread (the tests check which path ran).
+/// Calls of the Winograd path on this thread, by tile size (the tests check which path ran).
 struct Stats {
-  std::size_t forwards = 0, backwards = 0;
+  std::size_t forwards = 0, backwards = 0, f4 = 0;
 };
 inline Stats& stats() {
   static thread_local Stats s;
   return s;
 }
 
-/// One direction of a 3x3 stride-1 convolution: C channels of H x W, padded by P on every side, to O
-/// channels of HO x WO, in th x tw tiles; and the layout of its buffers (offsets in elements, each
-/// rounded to 64 bytes).
-template <class T>
+// ---- the transforms' matrices and their application -------------------------------------------------
+
+/// B^T (a x a), G (a x 3) and A^T (M x a) of F(MxM, 3x3).
+template <std::size_t M>
+struct Tables;
+template <>
+struct Tables<2> {
+  static constexpr double bt[4][4] = {{1, 0, -1, 0}, {0, 1, 1, 0}, {0, -1, 1, 0}, {0, 1, 0, -1}};
+  static constexpr double g[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
+  static constexpr double at[2][4] = {{1, 1, 1, 0}, {0, 1, -1, -1}};
+};
+template <>
+struct Tables<4> {
+  static constexpr double bt[6][6] = {{4, 0, -5, 0, 1, 0},  {0, -4, -4, 1, 1, 0}, {0, 4, -4, -1, 1, 0},
+                                      {0, -2, -1, 2, 1, 0}, {0, 2, -1, -2, 1, 0}, {0, 4, 0, -5, 0, 1}};
+  static constexpr double g[6][3] = {{1.0 / 4, 0, 0},           {-1.0 / 6, -1.0 / 6, -1.0 / 6}, {-1.0 / 6, 1.0 / 6, -1.0 / 6},
+                                     {1.0 / 24, 1.0 / 12, 1.0 / 6}, {1.0 / 24, -1.0 / 12, 1.0 / 6}, {0, 0, 1}};
+  static constexpr double at[4][6] = {{1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 0}, {0, 1, 1, 4, 4, 0}, {0, 1, -1, 8, -8, 1}};
+};
+
+/// A constant R x C matrix: Which selects B^T (0), G (1) or A^T (2) of F(MxM, 3x3), Tr its transpose.
+template <std::size_t M, int Which, bool Tr>
+struct Mat {
+  static constexpr std::size_t a = M + 2;
+  static constexpr std::size_t src_rows = Which == 2 ? M : a, src_cols = Which == 1 ? 3 : a;
+  static constexpr std::size_t rows = Tr ? src_cols : src_rows, cols = Tr ? src_rows : src_cols;
+  static constexpr double at(std::size_t i, std::size_t j) {
+    const std::size_t r = Tr ? j : i, c = Tr ? i : j;
+    if constexpr (Which == 0) return Tables<M>::bt[r][c];
+    else if constexpr (Which == 1) return Tables<M>::g[r][c];
+    else return Tables<M>::at[r][c];
+  }
+  static constexpr std::size_t first_nonzero(std::size_t i) {
+    for (std::size_t j = 0; j < cols; ++j)
+      if (at(i, j) != 0) return j;
+    return cols;
+  }
+};
+
+/// acc + c x (c == 0: acc; +-1: an add or a subtraction), for a packet or a scalar X.
+template <double C, class X>
+EIGEN_ALWAYS_INLINE X accumulate(const X& acc, const X& x) {
+  using S = typename ei::unpacket_traits<X>::type;
+  if constexpr (C == 0) return acc;
+  else if constexpr (C == 1) return ei::padd(acc, x);
+  else if constexpr (C == -1) return ei::psub(acc, x);
+  else return ei::pmadd(ei::pset1<X>(static_cast<S>(C)), x, acc);
+}
+template <double C, class X>
+EIGEN_ALWAYS_INLINE X scaled(const X& x) {
+  using S = typename ei::unpacket_traits<X>::type;
+  if constexpr (C == 1) return x;
+  else if constexpr (C == -1) return ei::pnegate(x);
+  else return ei::pmul(ei::pset1<X>(static_cast<S>(C)), x);
+}
+/// Row I of Mat times in (Mat::cols values).
+template <class Mat, std::size_t I, class X>
+EIGEN_ALWAYS_INLINE X dot_row(const X* in) {
+  constexpr std::size_t f = Mat::first_nonzero(I);
+  static_assert(f < Mat::cols, "a zero row");
+  X acc = scaled<Mat::at(I, f)>(in[f]);
+  [&]<std::size_t... J>(std::index_sequence<J...>) {
+    ((acc = accumulate<(J > f ? Mat::at(I, J) : 0.0)>(acc, in[J])), ...);
+  }(std::make_index_sequence<Mat::cols>{});
+  return acc;
+}
+/// out = Mat . in (vectors of Mat::cols and Mat::rows values).
+template <class Mat, class X>
+EIGEN_ALWAYS_INLINE void apply(const X* in, X* out) {
+  [&]<std::size_t... I>(std::index_sequence<I...>) { ((out[I] = dot_row<Mat, I>(in)), ...); }(std::make_index_sequence<Mat::rows>{});
+}
+/// out = L . in . R^T: R applied along every row of in, then L along every column.
+template <class L, class R, class X>
+EIGEN_ALWAYS_INLINE void transform2d(const X (&in)[L::cols][R::cols], X (&out)[L::rows][R::rows]) {
+  X t[L::cols][R::rows];
+  for (std::size_t k = 0; k < L::cols; ++k) apply<R>(in[k], t[k]);
+  for (std::size_t b = 0; b < R::rows; ++b) {
+    X col[L::cols], r[L::rows];
+    for (std::size_t k = 0; k < L::cols; ++k) col[k] = t[k][b];
+    apply<L>(col, r);
+    for (std::size_t a = 0; a < L::rows; ++a) out[a][b] = r[a];
+  }
+}
+
+// ---- plans and buffers -------------------------------------------------------------------------------
+
+/// One direction of a 3x3 stride-1 convolution by F(MxM, 3x3): C channels of H x W, padded by P on every
+/// side, to O channels of HO x WO, in th x tw tiles; and the layout of its buffers (offsets in elements,
+/// each rounded to 64 bytes).
+template <class T, std::size_t M>
 struct Plan {
-  static constexpr std::size_t V = lanes<T>;
+  static constexpr std::size_t V = lanes<T>, a = M + 2, XI = a * a;
   std::size_t C, O, H, W, P, HO, WO, th, tw, tiles, tp, rows, pitch, opitch;
   std::size_t vs, ms;  // one xi's block of V (C x tp) and of M (O x tp), see spread()
   std::size_t split_in, v, m, split_out, size;
   Plan(std::size_t C_, std::size_t O_, std::size_t H_, std::size_t W_, std::size_t P_)
-      : C(C_), O(O_), H(H_), W(W_), P(P_), HO(H_ + 2 * P_ - 2), WO(W_ + 2 * P_ - 2), th((HO + 1) / 2), tw((WO + 1) / 2),
-        tiles(th * tw), tp(up(tiles) + V), rows(2 * th + 2), pitch(tw + 1), opitch(up(tw)), vs(spread(C * tp)),
-        ms(spread(O * tp)) {
+      : C(C_), O(O_), H(H_), W(W_), P(P_), HO(H_ + 2 * P_ - 2), WO(W_ + 2 * P_ - 2), th((HO + M - 1) / M), tw((WO + M - 1) / M),
+        tiles(th * tw), tp(up(tiles) + V), rows(M * th + 2), pitch(tw + 1), opitch(up(tw)), vs(spread(C * tp)), ms(spread(O * tp)) {
     split_in = 0;
-    v = split_in + align(C * rows * 2 * pitch + 2 * V);  // (a row's vectors read up to V past its end)
-    m = v + 16 * vs;
-    split_out = m + 16 * ms;
-    size = split_out + align(O * 2 * th * 2 * opitch);
+    v = split_in + align(C * rows * M * pitch + M * pitch + 2 * V);  // (a row's vectors read past its end)
+    m = v + XI * vs;
+    split_out = m + XI * ms;
+    size = split_out + align(O * M * th * M * opitch);
   }
   static std::size_t up(std::size_t n) { return (n + V - 1) / V * V; }
   static std::size_t align(std::size_t n) {
     constexpr std::size_t A = std::max<std::size_t>(1, 64 / sizeof(T));
     return (n + A - 1) / A * A;
   }
-  /// n elements rounded up to an odd number of 64-byte lines: the 16 blocks of a transform, written (or
-  /// read) side by side, then fall into 16 different sets of a 4 KiB-aliased L1 cache. (With blocks a
-  /// multiple of 4 KiB apart — 32 x 224 floats is 7 x 4 KiB — the transforms' 16 stores per tile
-  /// evicted one another and took three times as long.)
+  /// n elements rounded up to an odd number of 64-byte lines: the a^2 blocks of a transform, written (or
+  /// read) side by side, then fall into different sets of a 4 KiB-aliased L1 cache. (With blocks a
+  /// multiple of 4 KiB apart — 32 x 224 floats is 7 x 4 KiB — the transforms' stores per tile evicted
+  /// one another and took three times as long.)
   static std::size_t spread(std::size_t n) {
     constexpr std::size_t L = std::max<std::size_t>(1, 64 / sizeof(T));
     const std::size_t lines = (n + L - 1) / L;
@@ -82,179 +172,218 @@ struct Plan {
   std::size_t tiles_v() const { return up(tiles); }
 };
 
-/// U[xi * O * C + o * C + c] = (G g G^T)[xi] for the weight g(o, c) = w[o * wo + c * wc + k * wt], k = ki * 3 + kj.
-template <class T>
-void transform_weights(std::size_t O, std::size_t C, const T* w, std::ptrdiff_t wo, std::ptrdiff_t wc, std::ptrdiff_t wt, T* U) {
-  const T h = T(0.5);
-  for (std::size_t o = 0; o < O; ++o)
-    for (std::size_t c = 0; c < C; ++c) {
-      const T* g = w + static_cast<std::ptrdiff_t>(o) * wo + static_cast<std::ptrdiff_t>(c) * wc;
-      auto at = [&](std::size_t r, std::size_t s) { return g[static_cast<std::ptrdiff_t>(r * 3 + s) * wt]; };
-      T gg[4][3];  // G g
-      for (std::size_t s = 0; s < 3; ++s) {
-        gg[0][s] = at(0, s);
-        gg[1][s] = h * (at(0, s) + at(1, s) + at(2, s));
-        gg[2][s] = h * (at(0, s) - at(1, s) + at(2, s));
-        gg[3][s] = at(2, s);
-      }
-      for (std::size_t a = 0; a < 4; ++a) {  // (G g) G^T
-        const T u[4] = {gg[a][0], h * (gg[a][0] + gg[a][1] + gg[a][2]), h * (gg[a][0] - gg[a][1] + gg[a][2]), gg[a][2]};
-        for (std::size_t b = 0; b < 4; ++b) U[((a * 4 + b) * O + o) * C + c] = u[b];
-      }
-    }
-}
-
-/// dw(o, c) += (G^T dU G) for the 16 x O x C sums dU (as U's layout); dw(o, c, k) at w[o * wo + c * wc + k * wt].
-template <class T>
-void add_weight_grad(std::size_t O, std::size_t C, const T* dU, T* dw, std::ptrdiff_t wo, std::ptrdiff_t wc, std::ptrdiff_t wt) {
-  const T h = T(0.5);
-  for (std::size_t o = 0; o < O; ++o)
-    for (std::size_t c = 0; c < C; ++c) {
-      auto at = [&](std::size_t a, std::size_t b) { return dU[((a * 4 + b) * O + o) * C + c]; };
-      T r[4][3];  // dU G
-      for (std::size_t a = 0; a < 4; ++a) {
-        r[a][0] = at(a, 0) + h * (at(a, 1) + at(a, 2));
-        r[a][1] = h * (at(a, 1) - at(a, 2));
-        r[a][2] = h * (at(a, 1) + at(a, 2)) + at(a, 3);
-      }
-      T* g = dw + static_cast<std::ptrdiff_t>(o) * wo + static_cast<std::ptrdiff_t>(c) * wc;
-      for (std::size_t s = 0; s < 3; ++s) {  // G^T (dU G)
-        g[static_cast<std::ptrdiff_t>(0 * 3 + s) * wt] += r[0][s] + h * (r[1][s] + r[2][s]);
-        g[static_cast<std::ptrdiff_t>(1 * 3 + s) * wt] += h * (r[1][s] - r[2][s]);
-        g[static_cast<std::ptrdiff_t>(2 * 3 + s) * wt] += h * (r[1][s] + r[2][s]) + r[3][s];
-      }
-    }
-}
+// ---- splitting rows into phases and merging them back ------------------------------------------------
 
 #if defined(__AVX512F__)
 /// The low n bits (n <= 16).
 inline __mmask16 low_bits(std::size_t n) { return static_cast<__mmask16>(n >= 16 ? 0xFFFFu : (1u << n) - 1u); }
 #endif
 
-/// The first n (<= 2V, V = lanes<T>) elements of s split: even[k] = s[2k], odd[k] = s[2k + 1]. Returns
-/// false where there is no vector code for it (the caller loops over elements).
+/// Whether split_chunk / zip have vector code for T (AVX-512 and Eigen's 512-bit packets).
 template <class T>
-bool deinterleave(const T* s, std::size_t n, T* even, T* odd) {
-#if defined(__AVX512F__)
-  if constexpr (std::is_same_v<T, float> && lanes<T> == 16) {
-    const __m512 a = _mm512_maskz_loadu_ps(low_bits(n), s), b = _mm512_maskz_loadu_ps(low_bits(n > 16 ? n - 16 : 0), s + 16);
-    _mm512_mask_storeu_ps(even, low_bits((n + 1) / 2),
-                          _mm512_permutex2var_ps(a, _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30), b));
-    _mm512_mask_storeu_ps(odd, low_bits(n / 2),
-                          _mm512_permutex2var_ps(a, _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31), b));
-    return true;
-  } else if constexpr (std::is_same_v<T, double> && lanes<T> == 8) {
-    const auto m8 = [](std::size_t k) { return static_cast<__mmask8>(low_bits(k)); };
-    const __m512d a = _mm512_maskz_loadu_pd(m8(n), s), b = _mm512_maskz_loadu_pd(m8(n > 8 ? n - 8 : 0), s + 8);
-    _mm512_mask_storeu_pd(even, m8((n + 1) / 2), _mm512_permutex2var_pd(a, _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14), b));
-    _mm512_mask_storeu_pd(odd, m8(n / 2), _mm512_permutex2var_pd(a, _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15), b));
-    return true;
-  }
-#endif
-  (void)s, (void)n, (void)even, (void)odd;
-  return false;
-}
-/// Whether interleave_store has vector code for T (AVX-512 and Eigen's 512-bit packets).
-template <class T>
-inline constexpr bool vector_interleave =
+inline constexpr bool vector_phases =
 #if defined(__AVX512F__)
     (std::is_same_v<T, float> && lanes<T> == 16) || (std::is_same_v<T, double> && lanes<T> == 8);
 #else
     false;
 #endif
-/// The inverse for n (<= 2V) elements: d[2k] = e[k], d[2k + 1] = o[k], or added to d (Add). Only where
-/// vector_interleave<T>.
-template <bool Add, class T>
-void interleave_store(const Packet<T>& e, const Packet<T>& o, std::size_t n, T* d) {
+
+/// Source elements x0 + [0, n) (n <= M V) of a row into the split row d (M phases at pitch): element x
+/// to phase (x + left) % M, index (x + left) / M. Loads M vectors (masked to n), sorts them into the M
+/// residues of x mod M with permutes (two levels for M = 4), stores each residue where it goes. Only
+/// where vector_phases<T>.
+template <std::size_t M, class T>
+void split_chunk(const T* s, std::size_t x0, std::size_t n, T* d, std::size_t pitch, std::size_t left) {
 #if defined(__AVX512F__)
-  if constexpr (std::is_same_v<T, float> && lanes<T> == 16) {
-    const __mmask16 ml = low_bits(n), mh = low_bits(n > 16 ? n - 16 : 0);
-    __m512 lo = _mm512_permutex2var_ps(e, _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23), o);
-    __m512 hi = _mm512_permutex2var_ps(e, _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31), o);
-    if constexpr (Add) lo = _mm512_add_ps(lo, _mm512_maskz_loadu_ps(ml, d)), hi = _mm512_add_ps(hi, _mm512_maskz_loadu_ps(mh, d + 16));
-    _mm512_mask_storeu_ps(d, ml, lo);
-    _mm512_mask_storeu_ps(d + 16, mh, hi);
-  } else if constexpr (std::is_same_v<T, double> && lanes<T> == 8) {
-    const auto m8 = [](std::size_t k) { return static_cast<__mmask8>(low_bits(k)); };
-    const __mmask8 ml = m8(n), mh = m8(n > 8 ? n - 8 : 0);
-    __m512d lo = _mm512_permutex2var_pd(e, _mm512_setr_epi64(0, 8, 1, 9, 2, 10, 3, 11), o);
-    __m512d hi = _mm512_permutex2var_pd(e, _mm512_setr_epi64(4, 12, 5, 13, 6, 14, 7, 15), o);
-    if constexpr (Add) lo = _mm512_add_pd(lo, _mm512_maskz_loadu_pd(ml, d)), hi = _mm512_add_pd(hi, _mm512_maskz_loadu_pd(mh, d + 8));
-    _mm512_mask_storeu_pd(d, ml, lo);
-    _mm512_mask_storeu_pd(d + 8, mh, hi);
+  using Pk = Packet<T>;
+  constexpr std::size_t V = lanes<T>;
+  auto mask = [](std::size_t k) {
+    if constexpr (std::is_same_v<T, float>) return low_bits(k);
+    else return static_cast<__mmask8>(low_bits(k));
+  };
+  auto load = [&](std::size_t at) {
+    const std::size_t k = n > at ? std::min(n - at, V) : 0;
+    if constexpr (std::is_same_v<T, float>) return _mm512_maskz_loadu_ps(mask(k), s + x0 + at);
+    else return _mm512_maskz_loadu_pd(mask(k), s + x0 + at);
+  };
+  auto evens = [](const Pk& a, const Pk& b) {  // a[0], a[2], ..., b[0], b[2], ...
+    if constexpr (std::is_same_v<T, float>)
+      return _mm512_permutex2var_ps(a, _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30), b);
+    else return _mm512_permutex2var_pd(a, _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14), b);
+  };
+  auto odds = [](const Pk& a, const Pk& b) {
+    if constexpr (std::is_same_v<T, float>)
+      return _mm512_permutex2var_ps(a, _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31), b);
+    else return _mm512_permutex2var_pd(a, _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15), b);
+  };
+  Pk r[M];  // r[q]: the elements x = x0 + M k + q
+  if constexpr (M == 2) {
+    const Pk a = load(0), b = load(V);
+    r[0] = evens(a, b), r[1] = odds(a, b);
+  } else {
+    const Pk a = load(0), b = load(V), c = load(2 * V), e = load(3 * V);
+    const Pk e1 = evens(a, b), o1 = odds(a, b), e2 = evens(c, e), o2 = odds(c, e);
+    r[0] = evens(e1, e2), r[2] = odds(e1, e2), r[1] = evens(o1, o2), r[3] = odds(o1, o2);
+  }
+  for (std::size_t q = 0; q < M; ++q) {
+    const std::size_t k = n > q ? (n - q + M - 1) / M : 0;  // elements of residue q in the chunk
+    T* at = d + ((q + left) % M) * pitch + (x0 + q + left) / M;
+    if constexpr (std::is_same_v<T, float>) _mm512_mask_storeu_ps(at, mask(k), r[q]);
+    else _mm512_mask_storeu_pd(at, mask(k), r[q]);
   }
 #else
-  static_assert(vector_interleave<T>, "no vector interleave here");
+  (void)s, (void)x0, (void)n, (void)d, (void)pitch, (void)left;
+  static_assert(vector_phases<T>, "no vector code here");
 #endif
 }
 
-/// Copies a source of C x H x W (element (c, h, w) at src[c * sc + h * sh + w * sw]) into split planes
-/// of `rows` rows at `pitch` (a row's even columns, then its odd ones, column x of the padded plane at
-/// half x % 2, index x / 2), offset by (top, left); writes nothing else (the caller zeroes the buffer once).
+/// e and o zipped: lo = e[0], o[0], e[1], o[1], ... (the first V), hi the next V. Only where vector_phases<T>.
 template <class T>
+void zip(const Packet<T>& e, const Packet<T>& o, Packet<T>& lo, Packet<T>& hi) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float> && lanes<T> == 16) {
+    lo = _mm512_permutex2var_ps(e, _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23), o);
+    hi = _mm512_permutex2var_ps(e, _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31), o);
+  } else if constexpr (std::is_same_v<T, double> && lanes<T> == 8) {
+    lo = _mm512_permutex2var_pd(e, _mm512_setr_epi64(0, 8, 1, 9, 2, 10, 3, 11), o);
+    hi = _mm512_permutex2var_pd(e, _mm512_setr_epi64(4, 12, 5, 13, 6, 14, 7, 15), o);
+  }
+#else
+  static_assert(vector_phases<T>, "no vector code here");
+#endif
+}
+/// d[0, n) = (or += with Add) the vectors r[0..k) one after another, n <= k V (masked where short).
+template <bool Add, class T, std::size_t K>
+void store_n(const Packet<T> (&r)[K], std::size_t n, T* d) {
+#if defined(__AVX512F__)
+  for (std::size_t k = 0; k < K && k * lanes<T> < n; ++k) {
+    const std::size_t left = n - k * lanes<T>;
+    T* at = d + k * lanes<T>;
+    if constexpr (std::is_same_v<T, float>) {
+      const __mmask16 mk = low_bits(left);
+      __m512 v = r[k];
+      if constexpr (Add) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, at));
+      _mm512_mask_storeu_ps(at, mk, v);
+    } else {
+      const auto mk = static_cast<__mmask8>(low_bits(left));
+      __m512d v = r[k];
+      if constexpr (Add) v = _mm512_add_pd(v, _mm512_maskz_loadu_pd(mk, at));
+      _mm512_mask_storeu_pd(at, mk, v);
+    }
+  }
+#else
+  static_assert(vector_phases<T>, "no vector code here");
+#endif
+}
+/// The M phases y[q] (element j of phase q is output column M j + q) of a row written (or added) as
+/// n <= M V consecutive elements of d.
+template <bool Add, class T, std::size_t M>
+void interleave_store(const Packet<T> (&y)[M], std::size_t n, T* d) {
+  using Pk = Packet<T>;
+  if constexpr (M == 2) {
+    Pk r[2];
+    zip<T>(y[0], y[1], r[0], r[1]);
+    store_n<Add>(r, n, d);
+  } else {
+    static_assert(M == 4);
+    Pk a0, a1, b0, b1, r[4];
+    zip<T>(y[0], y[2], a0, a1);
+    zip<T>(y[1], y[3], b0, b1);
+    zip<T>(a0, b0, r[0], r[1]);
+    zip<T>(a1, b1, r[2], r[3]);
+    store_n<Add>(r, n, d);
+  }
+}
+
+/// Copies a source of C x H x W (element (c, h, w) at src[c * sc + h * sh + w * sw]) into split planes of
+/// `rows` rows of M phases at `pitch`: column x of the padded plane (the source offset by (top, left)) at
+/// phase x % M, index x / M. Writes columns [0, left + W) of the source's rows (the left padding zero)
+/// and nothing else: the caller zeroes the buffer once.
+template <std::size_t M, class T>
 void split(const T* src, std::ptrdiff_t sc, std::ptrdiff_t sh, std::ptrdiff_t sw, std::size_t C, std::size_t H, std::size_t W,
            T* dst, std::size_t rows, std::size_t pitch, std::size_t top, std::size_t left) {
   for (std::size_t c = 0; c < C; ++c)
     for (std::size_t y = 0; y < H; ++y) {
       const T* s = src + static_cast<std::ptrdiff_t>(c) * sc + static_cast<std::ptrdiff_t>(y) * sh;
-      T* d = dst + (c * rows + y + top) * 2 * pitch;
-      T* half[2] = {d + left / 2, d + pitch + left / 2};
-      const std::size_t first = left % 2;  // the half column 0 of the source goes to
-      T* even = half[first];               // source columns 0, 2, 4, ...
-      T* odd = half[1 - first] + first;    // source columns 1, 3, ... (one further along when left is odd)
-      if (sw == 1) {
-        std::size_t x = 0;
-        for (; x < W && deinterleave(s + x, std::min(W - x, 2 * lanes<T>), even + x / 2, odd + x / 2); x += 2 * lanes<T>) {}
-        if (x >= W) continue;
-        for (; x + 1 < W; x += 2) even[x / 2] = s[x], odd[x / 2] = s[x + 1];
-        if (W % 2) even[W / 2] = s[W - 1];
-      } else {
-        for (std::size_t x = 0; x < W; ++x) (x % 2 ? odd : even)[x / 2] = s[static_cast<std::ptrdiff_t>(x) * sw];
+      T* d = dst + (c * rows + y + top) * M * pitch;
+      if constexpr (vector_phases<T>) {
+        if (sw == 1) {
+          for (std::size_t x = 0; x < W; x += M * lanes<T>) split_chunk<M>(s, x, std::min(W - x, M * lanes<T>), d, pitch, left);
+          continue;
+        }
       }
+      for (std::size_t x = 0; x < W; ++x) d[((x + left) % M) * pitch + (x + left) / M] = s[static_cast<std::ptrdiff_t>(x) * sw];
+    }
+}
+
+// ---- the transforms ------------------------------------------------------------------------------------
+
+/// U[xi * O * C + o * C + c] = (G g G^T)[xi] for the weight g(o, c) = w[o * wo + c * wc + k * wt], k = ki * 3 + kj.
+template <std::size_t M, class T>
+void transform_weights(std::size_t O, std::size_t C, const T* w, std::ptrdiff_t wo, std::ptrdiff_t wc, std::ptrdiff_t wt, T* U) {
+  using G = Mat<M, 1, false>;
+  constexpr std::size_t a = M + 2;
+  for (std::size_t o = 0; o < O; ++o)
+    for (std::size_t c = 0; c < C; ++c) {
+      const T* g = w + static_cast<std::ptrdiff_t>(o) * wo + static_cast<std::ptrdiff_t>(c) * wc;
+      T in[3][3], u[a][a];
+      for (std::size_t r = 0; r < 3; ++r)
+        for (std::size_t s = 0; s < 3; ++s) in[r][s] = g[static_cast<std::ptrdiff_t>(r * 3 + s) * wt];
+      transform2d<G, G>(in, u);
+      for (std::size_t x = 0; x < a; ++x)
+        for (std::size_t b = 0; b < a; ++b) U[((x * a + b) * O + o) * C + c] = u[x][b];
+    }
+}
+
+/// dw(o, c) += (G^T dU G) for the a^2 x O x C sums dU (as U's layout); dw(o, c, k) at w[o * wo + c * wc + k * wt].
+template <std::size_t M, class T>
+void add_weight_grad(std::size_t O, std::size_t C, const T* dU, T* dw, std::ptrdiff_t wo, std::ptrdiff_t wc, std::ptrdiff_t wt) {
+  using GT = Mat<M, 1, true>;
+  constexpr std::size_t a = M + 2;
+  for (std::size_t o = 0; o < O; ++o)
+    for (std::size_t c = 0; c < C; ++c) {
+      T in[a][a], r[3][3];
+      for (std::size_t x = 0; x < a; ++x)
+        for (std::size_t b = 0; b < a; ++b) in[x][b] = dU[((x * a + b) * O + o) * C + c];
+      transform2d<GT, GT>(in, r);
+      T* g = dw + static_cast<std::ptrdiff_t>(o) * wo + static_cast<std::ptrdiff_t>(c) * wc;
+      for (std::size_t k = 0; k < 9; ++k) g[static_cast<std::ptrdiff_t>(k) * wt] += r[k / 3][k % 3];
     }
 }
 
 /// V[xi][c][t] = (B^T d B)[xi] for every tile t and input channel c, from the split padded input.
-template <class T>
-void transform_input(const Plan<T>& p, const T* si, T* Vb) {
+template <std::size_t M, class T>
+void transform_input(const Plan<T, M>& p, const T* si, T* Vb) {
   using Pk = Packet<T>;
-  constexpr std::size_t V = lanes<T>;
-  const std::size_t cs = p.vs;  // one xi's block
+  using BT = Mat<M, 0, false>;
+  constexpr std::size_t V = lanes<T>, a = M + 2;
   for (std::size_t c = 0; c < p.C; ++c)
     for (std::size_t i = 0; i < p.th; ++i)
       for (std::size_t j = 0; j < p.tw; j += V) {
-        Pk r[4][4];  // d B for the patch's rows 2i .. 2i + 3
-        for (std::size_t k = 0; k < 4; ++k) {
-          const T* e = si + (c * p.rows + 2 * i + k) * 2 * p.pitch + j;
-          const T* o = e + p.pitch;
-          const Pk e0 = ei::ploadu<Pk>(e), e1 = ei::ploadu<Pk>(e + 1), o0 = ei::ploadu<Pk>(o), o1 = ei::ploadu<Pk>(o + 1);
-          r[k][0] = ei::psub(e0, e1);
-          r[k][1] = ei::padd(o0, e1);
-          r[k][2] = ei::psub(e1, o0);
-          r[k][3] = ei::psub(o0, o1);
+        Pk d[a][a], r[a][a];
+        for (std::size_t k = 0; k < a; ++k) {
+          const T* row = si + (c * p.rows + M * i + k) * M * p.pitch + j;
+          for (std::size_t s = 0; s < a; ++s) d[k][s] = ei::ploadu<Pk>(row + (s % M) * p.pitch + s / M);
         }
+        transform2d<BT, BT>(d, r);
         T* out = Vb + c * p.tp + i * p.tw + j;
-        for (std::size_t b = 0; b < 4; ++b) {  // B^T (d B)
-          ei::pstoreu(out + (0 * 4 + b) * cs, ei::psub(r[0][b], r[2][b]));
-          ei::pstoreu(out + (1 * 4 + b) * cs, ei::padd(r[1][b], r[2][b]));
-          ei::pstoreu(out + (2 * 4 + b) * cs, ei::psub(r[2][b], r[1][b]));
-          ei::pstoreu(out + (3 * 4 + b) * cs, ei::psub(r[1][b], r[3][b]));
-        }
+        for (std::size_t x = 0; x < a; ++x)
+          for (std::size_t b = 0; b < a; ++b) ei::pstoreu(out + (x * a + b) * p.vs, r[x][b]);
       }
 }
 
-/// M[xi] (O x tiles) = U[xi] (O x C) . V[xi] (C x tiles) for the 16 xi: plane_conv's register-blocked
+/// M[xi] (O x tiles) = U[xi] (O x C) . V[xi] (C x tiles) for every xi: plane_conv's register-blocked
 /// kernel with one tap (channels tp apart, the weight U[xi][o][c]).
-template <class T>
-void products(const Plan<T>& p, const T* U, const T* Vb, T* M) {
+template <std::size_t M, class T>
+void products(const Plan<T, M>& p, const T* U, const T* Vb, T* Mb) {
   constexpr std::size_t V = lanes<T>, CB = plane_conv::channel_block, SB = plane_conv::vector_block;
   const std::ptrdiff_t tap[1] = {0};
   const std::size_t n = p.tiles_v();
   const auto C = static_cast<std::ptrdiff_t>(p.C);
-  for (std::size_t xi = 0; xi < 16; ++xi) {
+  for (std::size_t xi = 0; xi < p.XI; ++xi) {
     const T* u = U + xi * p.O * p.C;
     const T* in = Vb + xi * p.vs;
-    T* out = M + xi * p.ms;
+    T* out = Mb + xi * p.ms;
     auto blocks = [&]<std::size_t sb>(std::size_t t) {
       std::size_t o = 0;
       for (; o + CB <= p.O; o += CB)
@@ -268,119 +397,110 @@ void products(const Plan<T>& p, const T* U, const T* Vb, T* M) {
   }
 }
 
-/// A^T M A for every tile: out(o, y, j, even, odd) receives output row y's even and odd columns of
-/// tiles j .. j + V of output channel o (rows y = 2i and 2i + 1 of tile row i; lanes past tw are junk).
-template <class T, class Out>
-void transform_output(const Plan<T>& p, const T* M, Out&& out) {
+/// A^T M A for every tile: out(o, y, j, y_phases) receives output row y's M phases (tiles j .. j + V of
+/// output channel o; rows y = M i .. M i + M - 1 of tile row i; lanes past tw are junk).
+template <std::size_t M, class T, class Out>
+void transform_output(const Plan<T, M>& p, const T* Mb, Out&& out) {
   using Pk = Packet<T>;
-  constexpr std::size_t V = lanes<T>;
-  const std::size_t os = p.ms;
+  using AT = Mat<M, 2, false>;
+  constexpr std::size_t V = lanes<T>, a = M + 2;
   for (std::size_t o = 0; o < p.O; ++o)
     for (std::size_t i = 0; i < p.th; ++i)
       for (std::size_t j = 0; j < p.tw; j += V) {
-        const T* m = M + o * p.tp + i * p.tw + j;
-        Pk s0[4], s1[4];  // M A, row by row
-        for (std::size_t a = 0; a < 4; ++a) {
-          const Pk m0 = ei::ploadu<Pk>(m + (a * 4 + 0) * os), m1 = ei::ploadu<Pk>(m + (a * 4 + 1) * os);
-          const Pk m2 = ei::ploadu<Pk>(m + (a * 4 + 2) * os), m3 = ei::ploadu<Pk>(m + (a * 4 + 3) * os);
-          s0[a] = ei::padd(ei::padd(m0, m1), m2);
-          s1[a] = ei::psub(ei::psub(m1, m2), m3);
-        }
-        out(o, 2 * i, j, ei::padd(ei::padd(s0[0], s0[1]), s0[2]), ei::padd(ei::padd(s1[0], s1[1]), s1[2]));
-        out(o, 2 * i + 1, j, ei::psub(ei::psub(s0[1], s0[2]), s0[3]), ei::psub(ei::psub(s1[1], s1[2]), s1[3]));
+        const T* m = Mb + o * p.tp + i * p.tw + j;
+        Pk in[a][a], y[M][M];
+        for (std::size_t x = 0; x < a; ++x)
+          for (std::size_t b = 0; b < a; ++b) in[x][b] = ei::ploadu<Pk>(m + (x * a + b) * p.ms);
+        transform2d<AT, AT>(in, y);
+        for (std::size_t r = 0; r < M; ++r) out(o, M * i + r, j, y[r]);
       }
 }
 
 /// Writes (or adds, Add) the split output's HO x WO into dst (element (o, h, w) at dst[o * so + h * sh + w * sw]).
-template <bool Add, class T>
-void merge(const Plan<T>& p, const T* sp, T* dst, std::ptrdiff_t so, std::ptrdiff_t sh, std::ptrdiff_t sw) {
+template <bool Add, std::size_t M, class T>
+void merge(const Plan<T, M>& p, const T* sp, T* dst, std::ptrdiff_t so, std::ptrdiff_t sh, std::ptrdiff_t sw) {
   for (std::size_t o = 0; o < p.O; ++o)
     for (std::size_t y = 0; y < p.HO; ++y) {
-      const T* even = sp + (o * 2 * p.th + y) * 2 * p.opitch;
-      const T* odd = even + p.opitch;
+      const T* row = sp + (o * M * p.th + y) * M * p.opitch;
       T* d = dst + static_cast<std::ptrdiff_t>(o) * so + static_cast<std::ptrdiff_t>(y) * sh;
-      auto put = [&](std::size_t x, T v) {
+      for (std::size_t x = 0; x < p.WO; ++x) {
         T& r = d[static_cast<std::ptrdiff_t>(x) * sw];
+        const T v = row[(x % M) * p.opitch + x / M];
         if constexpr (Add) r += v;
         else r = v;
-      };
-      for (std::size_t x = 0; x + 1 < p.WO; x += 2) put(x, even[x / 2]), put(x + 1, odd[x / 2]);
-      if (p.WO % 2) put(p.WO - 1, even[p.WO / 2]);
+      }
     }
 }
 
+/// Zeroes what split() leaves as it is (the padding rows and columns) before a call's first sample.
+template <std::size_t M, class T>
+void clear_split(const Plan<T, M>& p, T* buf) {
+  std::fill(buf + p.split_in, buf + p.v, T{0});
+}
+
 /// One sample: dst (O x HO x WO, added into where Add) = the convolution of src (C x H x W) with the
-/// transformed weight U. buf: p.size elements, whose split input part was zeroed before the first
-/// sample (split() writes only the interior, so the padding stays zero). Rows of dst with unit stride
-/// take the output transform's rows straight, interleaved in registers; others go through the split
-/// output buffer.
-template <bool Add, class T>
-void convolve(const Plan<T>& p, const T* U, const T* src, std::ptrdiff_t sc, std::ptrdiff_t sh, std::ptrdiff_t sw, T* dst,
+/// transformed weight U. buf: p.size elements, cleared by clear_split() before the call's first sample.
+/// Rows of dst with unit stride take the output transform's rows straight, interleaved in registers;
+/// others go through the split output buffer.
+template <bool Add, std::size_t M, class T>
+void convolve(const Plan<T, M>& p, const T* U, const T* src, std::ptrdiff_t sc, std::ptrdiff_t sh, std::ptrdiff_t sw, T* dst,
               std::ptrdiff_t dc, std::ptrdiff_t dh, std::ptrdiff_t dw, T* buf) {
   using Pk = Packet<T>;
   constexpr std::size_t V = lanes<T>;
-  split(src, sc, sh, sw, p.C, p.H, p.W, buf + p.split_in, p.rows, p.pitch, p.P, p.P);
+  split<M>(src, sc, sh, sw, p.C, p.H, p.W, buf + p.split_in, p.rows, p.pitch, p.P, p.P);
   transform_input(p, buf + p.split_in, buf + p.v);
   products(p, U, buf + p.v, buf + p.m);
-  if constexpr (vector_interleave<T>) {
+  if constexpr (vector_phases<T>) {
     if (dw == 1) {
-      transform_output(p, buf + p.m, [&](std::size_t o, std::size_t y, std::size_t j, const Pk& e, const Pk& od) {
+      transform_output(p, buf + p.m, [&](std::size_t o, std::size_t y, std::size_t j, const Pk(&ph)[M]) {
         if (y < p.HO)
-          interleave_store<Add>(e, od, std::min(p.WO - 2 * j, 2 * V),
-                                dst + static_cast<std::ptrdiff_t>(o) * dc + static_cast<std::ptrdiff_t>(y) * dh + static_cast<std::ptrdiff_t>(2 * j));
+          interleave_store<Add>(ph, std::min(p.WO - M * j, M * V),
+                                dst + static_cast<std::ptrdiff_t>(o) * dc + static_cast<std::ptrdiff_t>(y) * dh + static_cast<std::ptrdiff_t>(M * j));
       });
       return;
     }
   }
   T* so = buf + p.split_out;
-  transform_output(p, buf + p.m, [&](std::size_t o, std::size_t y, std::size_t j, const Pk& e, const Pk& od) {
-    T* row = so + (o * 2 * p.th + y) * 2 * p.opitch + j;
-    ei::pstoreu(row, e);
-    ei::pstoreu(row + p.opitch, od);
+  transform_output(p, buf + p.m, [&](std::size_t o, std::size_t y, std::size_t j, const Pk(&ph)[M]) {
+    T* row = so + (o * M * p.th + y) * M * p.opitch + j;
+    for (std::size_t q = 0; q < M; ++q) ei::pstoreu(row + q * p.opitch, ph[q]);
   });
   merge<Add>(p, so, dst, dc, dh, dw);
 }
 
+// ---- the weight gradient -------------------------------------------------------------------------------
+
 /// The weight gradient's buffers beyond a forward plan's: the split output gradient (as the split
-/// output) and the vector partial sums of dU (16 x O x C vectors).
-template <class T>
+/// output), dM, and the vector partial sums of dU (a^2 x O x C vectors).
+template <class T, std::size_t M>
 struct GradPlan {
   std::size_t sg, dm, acc, size;
-  explicit GradPlan(const Plan<T>& p) {
+  explicit GradPlan(const Plan<T, M>& p) {
     sg = p.size;
-    dm = sg + Plan<T>::align(p.O * 2 * p.th * 2 * p.opitch);
-    acc = dm + 16 * p.ms;
-    size = acc + 16 * p.O * p.C * lanes<T>;
+    dm = sg + Plan<T, M>::align(p.O * M * p.th * M * p.opitch);
+    acc = dm + p.XI * p.ms;
+    size = acc + p.XI * p.O * p.C * lanes<T>;
   }
 };
 
-/// dM[xi][o][t] = (A dy A^T)[xi] for the 2x2 output gradient dy of every tile (zero past HO x WO).
-template <class T>
-void transform_grad(const Plan<T>& p, const T* sg, T* dM) {
+/// dM[xi][o][t] = (A dy A^T)[xi] for the M x M output gradient dy of every tile (zero past HO x WO).
+template <std::size_t M, class T>
+void transform_grad(const Plan<T, M>& p, const T* sg, T* dM) {
   using Pk = Packet<T>;
-  constexpr std::size_t V = lanes<T>;
-  const std::size_t os = p.ms;
+  using A = Mat<M, 2, true>;
+  constexpr std::size_t V = lanes<T>, a = M + 2;
   for (std::size_t o = 0; o < p.O; ++o)
     for (std::size_t i = 0; i < p.th; ++i)
       for (std::size_t j = 0; j < p.tw; j += V) {
-        const T* row0 = sg + (o * 2 * p.th + 2 * i) * 2 * p.opitch + j;
-        const T* row1 = row0 + 2 * p.opitch;
-        Pk z[2][4];  // dy A^T
-        for (std::size_t r = 0; r < 2; ++r) {
-          const T* e = r ? row1 : row0;
-          const Pk a = ei::ploadu<Pk>(e), b = ei::ploadu<Pk>(e + p.opitch);
-          z[r][0] = a;
-          z[r][1] = ei::padd(a, b);
-          z[r][2] = ei::psub(a, b);
-          z[r][3] = ei::pnegate(b);
+        Pk dy[M][M], r[a][a];
+        for (std::size_t k = 0; k < M; ++k) {
+          const T* row = sg + (o * M * p.th + M * i + k) * M * p.opitch + j;
+          for (std::size_t q = 0; q < M; ++q) dy[k][q] = ei::ploadu<Pk>(row + q * p.opitch);
         }
+        transform2d<A, A>(dy, r);
         T* out = dM + o * p.tp + i * p.tw + j;
-        for (std::size_t b = 0; b < 4; ++b) {  // A (dy A^T)
-          ei::pstoreu(out + (0 * 4 + b) * os, z[0][b]);
-          ei::pstoreu(out + (1 * 4 + b) * os, ei::padd(z[0][b], z[1][b]));
-          ei::pstoreu(out + (2 * 4 + b) * os, ei::psub(z[0][b], z[1][b]));
-          ei::pstoreu(out + (3 * 4 + b) * os, ei::pnegate(z[1][b]));
-        }
+        for (std::size_t x = 0; x < a; ++x)
+          for (std::size_t b = 0; b < a; ++b) ei::pstoreu(out + (x * a + b) * p.ms, r[x][b]);
       }
 }
 
@@ -405,20 +525,39 @@ void dot_block(const T* dm, const T* v, std::size_t tp, std::size_t n, T* acc, s
     for (std::size_t c = 0; c < CC; ++c) ei::pstoreu(acc + (o * C + c) * V, a[o][c]);
 }
 
+/// Zeroes, before a call's first sample, what the weight gradient's samples leave as it is: the split
+/// input's and output gradient's padding, the partial sums, and the tiles past the last of dM and of V,
+/// which the dot products read (their last tile row's vectors write some of them with junk, finite, in
+/// V, and zero in dM, from the gradient's zero padding; the rest would be whatever the memory held).
+template <std::size_t M, class T>
+void clear_weight_grad(const Plan<T, M>& p, const GradPlan<T, M>& q, T* buf) {
+  clear_split(p, buf);
+  std::fill(buf + q.sg, buf + q.dm, T{0});
+  std::fill(buf + q.acc, buf + q.size, T{0});
+  auto tails = [&](T* block, std::size_t block_stride, std::size_t channels) {
+    for (std::size_t xi = 0; xi < p.XI; ++xi)
+      for (std::size_t k = 0; k < channels; ++k) {
+        T* row = block + xi * block_stride + k * p.tp;
+        std::fill(row + p.tiles, row + p.tiles_v(), T{0});
+      }
+  };
+  tails(buf + q.dm, p.ms, p.O);
+  tails(buf + p.v, p.vs, p.C);
+}
+
 /// One sample's weight gradient, into the vector partial sums (g: the output gradient, O x HO x WO at
-/// strides go, gh, gw; src: the input, as for convolve). The split input and split output gradient
-/// parts of buf and its partial sums were zeroed before the first sample; the tiles past `tiles` of dM
-/// stay zero (transform_grad writes them from the gradient's zero padding, or not at all).
-template <class T>
-void accumulate_weight_grad(const Plan<T>& p, const GradPlan<T>& q, const T* src, std::ptrdiff_t sc, std::ptrdiff_t sh,
+/// strides go, gh, gw; src: the input, as for convolve); buf cleared by clear_weight_grad() before the
+/// call's first sample.
+template <std::size_t M, class T>
+void accumulate_weight_grad(const Plan<T, M>& p, const GradPlan<T, M>& q, const T* src, std::ptrdiff_t sc, std::ptrdiff_t sh,
                             std::ptrdiff_t sw, const T* g, std::ptrdiff_t go, std::ptrdiff_t gh, std::ptrdiff_t gw, T* buf) {
   constexpr std::size_t V = lanes<T>, CB = plane_conv::channel_block, CC = 3;
-  split(src, sc, sh, sw, p.C, p.H, p.W, buf + p.split_in, p.rows, p.pitch, p.P, p.P);
+  split<M>(src, sc, sh, sw, p.C, p.H, p.W, buf + p.split_in, p.rows, p.pitch, p.P, p.P);
   transform_input(p, buf + p.split_in, buf + p.v);
-  split(g, go, gh, gw, p.O, p.HO, p.WO, buf + q.sg, 2 * p.th, p.opitch, 0, 0);
+  split<M>(g, go, gh, gw, p.O, p.HO, p.WO, buf + q.sg, M * p.th, p.opitch, 0, 0);
   transform_grad(p, buf + q.sg, buf + q.dm);
   const std::size_t n = p.tiles_v();
-  for (std::size_t xi = 0; xi < 16; ++xi) {
+  for (std::size_t xi = 0; xi < p.XI; ++xi) {
     const T* dm = buf + q.dm + xi * p.ms;
     const T* v = buf + p.v + xi * p.vs;
     T* acc = buf + q.acc + xi * p.O * p.C * V;
@@ -434,14 +573,14 @@ void accumulate_weight_grad(const Plan<T>& p, const GradPlan<T>& q, const T* src
 }
 
 /// dw += the weight gradient of the partial sums accumulated so far (their lanes added, then G^T dU G);
-/// dU: 16 x O x C elements of scratch.
-template <class T>
-void finish_weight_grad(const Plan<T>& p, const GradPlan<T>& q, const T* buf, T* dU, T* dw, std::ptrdiff_t wo, std::ptrdiff_t wc,
-                        std::ptrdiff_t wt) {
+/// dU: a^2 x O x C elements of scratch.
+template <std::size_t M, class T>
+void finish_weight_grad(const Plan<T, M>& p, const GradPlan<T, M>& q, const T* buf, T* dU, T* dw, std::ptrdiff_t wo,
+                        std::ptrdiff_t wc, std::ptrdiff_t wt) {
   using Pk = Packet<T>;
   constexpr std::size_t V = lanes<T>;
-  for (std::size_t k = 0; k < 16 * p.O * p.C; ++k) dU[k] = ei::predux(ei::ploadu<Pk>(buf + q.acc + k * V));
-  add_weight_grad(p.O, p.C, dU, dw, wo, wc, wt);
+  for (std::size_t k = 0; k < p.XI * p.O * p.C; ++k) dU[k] = ei::predux(ei::ploadu<Pk>(buf + q.acc + k * V));
+  add_weight_grad<M>(p.O, p.C, dU, dw, wo, wc, wt);
 }
 
 #if defined(__GNUC__) && !defined(__clang__)
