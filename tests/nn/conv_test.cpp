@@ -154,9 +154,14 @@ TEST_CASE("conv2d 3x3 by Winograd's F(2x2, 3x3) and F(4x4, 3x3) on the host: aga
     direct_case<double, 2, 1, 3, 3, 8, 8, 10, 10>(1e-12);
   }
   loom::host::winograd_tile() = 0;
-  CHECK(stats().f4 > before_f4);
-  CHECK(stats().forwards > before);  // the cases above ran the Winograd path
+#if defined(LOOM_CPU_RUNS_DEVICE_KERNELS)
+  MESSAGE("the op suite through the device code: conv2d runs the device's kernels (Winograd is the host's path)");
+  (void)before, (void)before_bwd, (void)before_f4;
+#else
+  CHECK(stats().f4 > before_f4);  // the cases above ran the Winograd path, with both tiles
+  CHECK(stats().forwards > before);
   CHECK(stats().backwards > before_bwd);
+#endif
   auto x = loom::testing::param<Shape<3, 8, 7, 6>>(57);
   auto w = loom::testing::param<Shape<9, 8, 3, 3>>(58);
   for (std::size_t m : {2, 4}) {
