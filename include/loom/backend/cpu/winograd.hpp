@@ -351,25 +351,34 @@ void add_weight_grad(std::size_t O, std::size_t C, const T* dU, T* dw, std::ptrd
     }
 }
 
+/// For every channel c < channels and tile t: the n x n patch d of split planes (each channel `rows`
+/// rows of M phases at `pitch`; patch column s at phase s % M, index s / M; n = L::cols) transformed to
+/// L d R^T (a x a), entry xi of it stored at out[xi * block + c * tp + t]. The input transform (B^T d B
+/// from the padded input) and the output gradient's (A dY A^T).
+template <class L, class R, std::size_t M, class T>
+void transform_tiles(const Plan<T, M>& p, std::size_t channels, const T* planes, std::size_t rows, std::size_t pitch, T* out,
+                     std::size_t block) {
+  using Pk = Packet<T>;
+  constexpr std::size_t V = lanes<T>, n = L::cols, a = L::rows;
+  for (std::size_t c = 0; c < channels; ++c)
+    for (std::size_t i = 0; i < p.th; ++i)
+      for (std::size_t j = 0; j < p.tw; j += V) {
+        Pk d[n][n], r[a][a];
+        for (std::size_t k = 0; k < n; ++k) {
+          const T* row = planes + (c * rows + M * i + k) * M * pitch + j;
+          for (std::size_t s = 0; s < n; ++s) d[k][s] = ei::ploadu<Pk>(row + (s % M) * pitch + s / M);
+        }
+        transform2d<L, R>(d, r);
+        T* o = out + c * p.tp + i * p.tw + j;
+        for (std::size_t x = 0; x < a; ++x)
+          for (std::size_t b = 0; b < a; ++b) ei::pstoreu(o + (x * a + b) * block, r[x][b]);
+      }
+}
 /// V[xi][c][t] = (B^T d B)[xi] for every tile t and input channel c, from the split padded input.
 template <std::size_t M, class T>
 void transform_input(const Plan<T, M>& p, const T* si, T* Vb) {
-  using Pk = Packet<T>;
   using BT = Mat<M, 0, false>;
-  constexpr std::size_t V = lanes<T>, a = M + 2;
-  for (std::size_t c = 0; c < p.C; ++c)
-    for (std::size_t i = 0; i < p.th; ++i)
-      for (std::size_t j = 0; j < p.tw; j += V) {
-        Pk d[a][a], r[a][a];
-        for (std::size_t k = 0; k < a; ++k) {
-          const T* row = si + (c * p.rows + M * i + k) * M * p.pitch + j;
-          for (std::size_t s = 0; s < a; ++s) d[k][s] = ei::ploadu<Pk>(row + (s % M) * p.pitch + s / M);
-        }
-        transform2d<BT, BT>(d, r);
-        T* out = Vb + c * p.tp + i * p.tw + j;
-        for (std::size_t x = 0; x < a; ++x)
-          for (std::size_t b = 0; b < a; ++b) ei::pstoreu(out + (x * a + b) * p.vs, r[x][b]);
-      }
+  transform_tiles<BT, BT>(p, p.C, si, p.rows, p.pitch, Vb, p.vs);
 }
 
 /// M[xi] (O x tiles) = U[xi] (O x C) . V[xi] (C x tiles) for every xi: plane_conv's register-blocked
@@ -486,22 +495,8 @@ struct GradPlan {
 /// dM[xi][o][t] = (A dy A^T)[xi] for the M x M output gradient dy of every tile (zero past HO x WO).
 template <std::size_t M, class T>
 void transform_grad(const Plan<T, M>& p, const T* sg, T* dM) {
-  using Pk = Packet<T>;
   using A = Mat<M, 2, true>;
-  constexpr std::size_t V = lanes<T>, a = M + 2;
-  for (std::size_t o = 0; o < p.O; ++o)
-    for (std::size_t i = 0; i < p.th; ++i)
-      for (std::size_t j = 0; j < p.tw; j += V) {
-        Pk dy[M][M], r[a][a];
-        for (std::size_t k = 0; k < M; ++k) {
-          const T* row = sg + (o * M * p.th + M * i + k) * M * p.opitch + j;
-          for (std::size_t q = 0; q < M; ++q) dy[k][q] = ei::ploadu<Pk>(row + q * p.opitch);
-        }
-        transform2d<A, A>(dy, r);
-        T* out = dM + o * p.tp + i * p.tw + j;
-        for (std::size_t x = 0; x < a; ++x)
-          for (std::size_t b = 0; b < a; ++b) ei::pstoreu(out + (x * a + b) * p.ms, r[x][b]);
-      }
+  transform_tiles<A, A>(p, p.O, sg, M * p.th, p.opitch, dM, p.ms);
 }
 
 /// acc[xi][o][c] (a vector each) += the lane-wise sums over tile vectors of dM[xi][o][t] * V[xi][c][t],
