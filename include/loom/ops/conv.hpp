@@ -6,7 +6,6 @@
 //   pool:  out = max over each window (argmax kept)         dx[argmax] += g
 #pragma once
 #include <algorithm>
-#include <optional>
 
 #include "../backend/cpu/gemm.hpp"
 #include "../backend/cpu/parallel.hpp"
@@ -506,7 +505,8 @@ struct Conv2d {
                          const std::pair<detail::View<T, 4>, detail::View<T, 4>>& x, const T* ub, const detail::View<T, 2>& dw_t,
                          bool want_w, bool want_x, std::size_t n0, std::size_t n1, T* c) const {
     namespace wg = backend::cpu::winograd;
-    const auto &f = plan.fw, &b = plan.b;
+    const auto& f = plan.fw;  // (F(2x2, 3x3); b tiles by M)
+    const auto& b = plan.b;
     const auto& gp = plan.g;
     T* const cb = c + plan.bwd_b;
     const auto& dx = x.second;
