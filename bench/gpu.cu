@@ -60,7 +60,9 @@ void chain_bandwidth() {
               "fraction %.2f\n", fused, fused_gbs, copy, copy_gbs, fused_gbs / copy_gbs);
 }
 
-void matmul_vs_cublas(std::size_t m, std::size_t k, std::size_t n) {
+/// With tf32: loom with loom::device::tf32() on, cuBLAS with CUBLAS_TF32_TENSOR_OP_MATH.
+void matmul_vs_cublas(std::size_t m, std::size_t k, std::size_t n, bool tf32 = false) {
+  device::tf32() = tf32;
   Generator g(2);
   const auto ta = uniform<float, Shape<dyn, dyn>, gpu>(g, -1, 1, {m, k});
   const auto tb = uniform<float, Shape<dyn, dyn>, gpu>(g, -1, 1, {k, n});
@@ -71,6 +73,7 @@ void matmul_vs_cublas(std::size_t m, std::size_t k, std::size_t n) {
   cublasHandle_t h;
   LOOM_CUDA_CHECK(cublasCreate(&h));
   LOOM_CUDA_CHECK(cublasSetStream(h, device::current_stream()));
+  if (tf32) LOOM_CUDA_CHECK(cublasSetMathMode(h, CUBLAS_TF32_TENSOR_OP_MATH));
   const float one = 1, zero = 0;
   const double cublas_ms = time_ms([&] {  // row-major C = A B as column-major C^T = B^T A^T
     LOOM_CUDA_CHECK(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, int(n), int(m), int(k), &one, tb.data(), int(n), ta.data(), int(k),
@@ -78,7 +81,8 @@ void matmul_vs_cublas(std::size_t m, std::size_t k, std::size_t n) {
   }, 20);
   (void)cublasDestroy(h);
   const double flop = 2.0 * double(m) * double(k) * double(n);
-  std::printf("matmul %zux%zux%zu: loom %.3f ms (%.1f TFLOP/s), cuBLAS %.3f ms (%.1f TFLOP/s), loom/cuBLAS time %.2f\n", m, k, n,
+  device::tf32() = false;
+  std::printf("matmul %zux%zux%zu%s: loom %.3f ms (%.1f TFLOP/s), cuBLAS %.3f ms (%.1f TFLOP/s), loom/cuBLAS time %.2f\n", m, k, n, tf32 ? " (TF32)" : "",
               loom_ms, flop / loom_ms / 1e9, cublas_ms, flop / cublas_ms / 1e9, loom_ms / cublas_ms);
 }
 
@@ -205,6 +209,7 @@ int main(int argc, char** argv) {
   chain_bandwidth();
   for (std::size_t s : {1024, 4096}) matmul_vs_cublas(s, s, s);
   matmul_vs_cublas(64, 784, 256);
+  for (std::size_t s : {1024, 4096}) matmul_vs_cublas(s, s, s, true);
   for (std::size_t b : {1, 64, 512}) mlp_step(b);
   attention_step<4, 32>(32, 128);  // examples/char_lm's Transformer: width 128, 4 heads, 128 positions
   attention_step<8, 64>(8, 256);

@@ -145,6 +145,41 @@ TEST_CASE("device: matmul (cuBLAS on CUDA) matches the host") {
   }
 }
 
+TEST_CASE("device: TF32 products (loom::device::tf32()) are opt-in, within TF32's rounding") {
+  using S1 = Shape<256, 512>;
+  using S2 = Shape<512, 256>;
+  Generator g(16);
+  const auto a = uniform<float, S1>(g, -1, 1);
+  const auto b = uniform<float, S2>(g, -1, 1);
+  auto p = compile(matmul(Constant<float, S1, gpu>(a.to<gpu>()), Constant<float, S2, gpu>(b.to<gpu>())));
+  // the largest error against the product summed in double, relative to its largest magnitude
+  auto error = [&] {
+    const auto c = p.forward().to<cpu>();
+    double err = 0, top = 0;
+    for (std::size_t i = 0; i < 256; ++i)
+      for (std::size_t j = 0; j < 256; ++j) {
+        double ref = 0;
+        for (std::size_t k = 0; k < 512; ++k) ref += double(a(i, k)) * double(b(k, j));
+        err = std::max(err, std::abs(double(c(i, j)) - ref)), top = std::max(top, std::abs(ref));
+      }
+    return err / top;
+  };
+  REQUIRE_FALSE(device::tf32());
+  const double full = error();
+  device::tf32() = true;
+  const double tf = error();
+  device::tf32() = false;
+  MESSAGE("float products: " << full << ", TF32 allowed: " << tf << " (largest error / largest magnitude)");
+  CHECK(full < 5e-6);  // (~1e-6: sums of 512 float products)
+  CHECK(tf < 4e-3);    // operands rounded to 10-bit mantissas (2^-11 relative), accumulated in float: ~5e-4
+#if defined(__CUDACC__)
+  CHECK_MESSAGE(tf > 2e-5, "TF32 allowed but the product is as exact as float's: cuBLAS did not take TF32");
+#else
+  CHECK(tf == full);  // the host device systems' kernel has no TF32
+#endif
+  CHECK(error() == full);  // and off again
+}
+
 TEST_CASE("device: concat, pad, dilate (one implementation for both devices) match the host") {
   auto a = twin<Shape<3, 4>>(30);
   auto b = twin<Shape<3, 2>>(31);
@@ -319,6 +354,18 @@ TEST_CASE("device: attention with heads of 64, 32 and 16 features over several t
     auto st = std::make_shared<ops::AttentionState>();
     st->dropout = 0.2, st->seed = 7, st->fixed_salt = true, st->calls = 1;
     same_on_both([&](const auto& a, const auto& b, const auto& c) { return attention<2, true>(a, b, c, st); }, 1e-5, qc, k, v);
+  }
+  SUBCASE("causal from a query offset (KV-cached decoding), 2 heads of 64") {
+    // 70 queries at absolute positions q_start + i over 150 keys: at 30 every row sees a different
+    // prefix inside the keys; at 80 the last row sees all 150.
+    auto st = std::make_shared<ops::AttentionState>();
+    std::size_t pos = 0;
+    st->q_start = &pos;
+    for (std::size_t start : {std::size_t{30}, std::size_t{80}}) {
+      CAPTURE(start);
+      pos = start;
+      same_on_both([&](const auto& a, const auto& b, const auto& c) { return attention<2, true>(a, b, c, st); }, 1e-5, q, k, v);
+    }
   }
 }
 

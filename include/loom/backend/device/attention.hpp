@@ -251,8 +251,7 @@ bool attention_forward(const C& c, std::size_t heads, const CM& q, const CM& k, 
     return attn::with_width(c.dh, [&](auto w) {
       attn::forward<decltype(w)::value><<<attn::grid(c.Tq, c.B * heads), attn::Rows, 0, loom::device::current_stream()>>>(
           c, heads, q, k, v, out, lse);
-      LOOM_CUDA_CHECK(cudaGetLastError());
-      ++kernel_stats().kernels;
+      launched();
     });
   }
 }
@@ -269,14 +268,12 @@ bool attention_backward(const C& c, std::size_t heads, bool causal, const CM& q,
       if (dq.p) {
         attn::query_grad<Dh><<<attn::grid(c.Tq, c.B * heads), attn::Rows, 0, loom::device::current_stream()>>>(
             c, heads, q, k, v, g, lse, rowdot, dq);
-        LOOM_CUDA_CHECK(cudaGetLastError());
-        ++kernel_stats().kernels;
+        launched();
       }
       if (dk.p || dv.p) {
         attn::key_value_grad<Dh><<<attn::grid(c.Tk, c.B * heads), attn::Rows, 0, loom::device::current_stream()>>>(
             c, heads, causal, q, k, v, g, lse, rowdot, dk, dv);
-        LOOM_CUDA_CHECK(cudaGetLastError());
-        ++kernel_stats().kernels;
+        launched();
       }
     });
   }

@@ -169,6 +169,13 @@ inline KernelStats& kernel_stats() {
   static thread_local KernelStats s;
   return s;
 }
+#if defined(LOOM_CUDA)
+/// After each <<<launch>>>: a launch error thrown, the launch counted.
+inline void launched() {
+  LOOM_CUDA_CHECK(cudaGetLastError());
+  ++kernel_stats().kernels;
+}
+#endif
 
 /// Every output at every element of the extents (no output reduces).
 template <std::size_t R, class... O>
@@ -227,11 +234,11 @@ void launch(std::size_t n, const F& f) {
 #if defined(LOOM_CUDA)
   const std::size_t blocks = std::min<std::size_t>((n + 255) / 256, std::size_t{1} << 20);
   for_each_kernel<<<static_cast<unsigned>(blocks), 256, 0, loom::device::current_stream()>>>(f, n);
-  LOOM_CUDA_CHECK(cudaGetLastError());
+  launched();
 #else
   thrust::for_each_n(loom::device::policy(), thrust::counting_iterator<std::size_t>(0), n, f);
-#endif
   ++kernel_stats().kernels;
+#endif
 }
 
 /// store(t, the reduction of f(t), f(t + parts), ... below n) (adjacent threads read adjacent terms).
@@ -300,8 +307,7 @@ void block_reduce(std::size_t len, std::size_t n_out, const Term& term, const St
   if (n_out == 0 || len == 0) return;
   block_reduce_kernel<M, V><<<static_cast<unsigned>(std::min<std::size_t>(n_out, std::size_t{1} << 16)), 256, 0,
                               loom::device::current_stream()>>>(term, len, n_out, store);
-  LOOM_CUDA_CHECK(cudaGetLastError());
-  ++kernel_stats().kernels;
+  launched();
 }
 /// Term / store adaptors: one sequence f(i); partial results at part[j * sj + i * si].
 template <class F>

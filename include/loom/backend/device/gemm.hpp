@@ -7,6 +7,16 @@
 #include "../exec.hpp"
 #include "fused.hpp"
 
+namespace loom::device {
+/// Whether float products on CUDA (matmul, and the convolutions' GEMMs) may use TF32 tensor cores:
+/// operands rounded to 10-bit mantissas, accumulation in float (cuBLAS's CUBLAS_TF32_TENSOR_OP_MATH; PyTorch's
+/// torch.backends.cuda.matmul.allow_tf32). Default false: full float products. No effect elsewhere.
+inline bool& tf32() {
+  static bool on = false;
+  return on;
+}
+}  // namespace loom::device
+
 namespace loom::backend::device {
 
 /// C[i, j] (+)= sum_k A[i, k] B[k, j], one output element per thread (any strides).
@@ -51,6 +61,7 @@ inline cublasHandle_t cublas() {
     return x;
   }();
   LOOM_CUDA_CHECK(cublasSetStream(h, loom::device::current_stream()));
+  LOOM_CUDA_CHECK(cublasSetMathMode(h, loom::device::tf32() ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
   return h;
 }
 /// A 2-D operand as cuBLAS sees it (column-major): a row-major [r, c] with leading dimension ld is a
