@@ -291,6 +291,9 @@ void register_all() {
   // the two convolutions of the Fashion-MNIST CNN (examples/fashion_mnist.cpp --model cnn), batch 64
   both("conv2d1to32", LOOM_BENCH_BACKEND, BM_conv2d_loom<1, 32>, {{64, 28}});
   both("conv2d32to64", LOOM_BENCH_BACKEND, BM_conv2d_loom<32, 64>, {{64, 14}});
+  both("conv2d32to64direct", LOOM_BENCH_BACKEND, BM_conv2d_loom<32, 64, 1>, {{64, 14}});
+  both("conv2d32to64winograd2", LOOM_BENCH_BACKEND, BM_conv2d_loom<32, 64, 2>, {{64, 14}});
+  both("conv2d32to64winograd4", LOOM_BENCH_BACKEND, BM_conv2d_loom<32, 64, 4>, {{64, 14}});
   both("maxpool", LOOM_BENCH_BACKEND, BM_maxpool_loom, {{1, 16, 28}, {32, 32, 28}, {64, 64, 56}});
   both("batchnorm", LOOM_BENCH_BACKEND, BM_batchnorm_loom<32>, img);
   both("layernorm", LOOM_BENCH_BACKEND, BM_layernorm_loom<256>, {{16}, {1024}, {16384}});
