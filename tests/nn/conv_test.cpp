@@ -70,9 +70,8 @@ namespace {
 /// double: sizes that give the host's stride-1 kernels whole blocks of output channels and vectors
 /// and remainders of both (11 output channels, rows of 13 + padding), a non-square kernel.
 template <class T, std::size_t P, std::size_t D, std::size_t KH, std::size_t KW, std::size_t C = 3, std::size_t O = 11,
-          std::size_t H = 9, std::size_t W = 13>
+          std::size_t H = 9, std::size_t W = 13, std::size_t N = 2>
 void direct_case(double tol, bool normwise = false) {
-  constexpr std::size_t N = 2;
   const std::size_t pad = P, dilation = D, kh = KH, kw = KW;
   CAPTURE(pad);
   CAPTURE(dilation);
@@ -150,6 +149,10 @@ TEST_CASE("conv2d 3x3 by Winograd's F(2x2, 3x3) and F(4x4, 3x3) on the host: aga
     direct_case<float, 2, 1, 3, 3, 8, 11, 7, 7>(1e-5, true);
     direct_case<float, 1, 1, 3, 3, 16, 32, 5, 40>(1e-5, true);
     direct_case<float, 1, 1, 3, 3, 8, 8, 11, 70>(1e-5, true);
+    // more samples than the weight gradient transforms before its dot products run (9 x 13: 3 vectors of
+    // tiles per sample, 8 samples at a time): a full batch, then the rest in finish_weight_grad
+    direct_case<float, 1, 1, 3, 3, 8, 8, 9, 13, 11>(1e-5, true);
+    direct_case<double, 1, 1, 3, 3, 8, 9, 9, 13, 11>(1e-12);
     direct_case<double, 1, 1, 3, 3, 8, 9, 9, 13>(1e-12);
     direct_case<double, 0, 1, 3, 3, 9, 8, 6, 35>(1e-12);
     direct_case<double, 2, 1, 3, 3, 8, 8, 10, 10>(1e-12);

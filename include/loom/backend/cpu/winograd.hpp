@@ -142,12 +142,15 @@ EIGEN_ALWAYS_INLINE void transform2d(const X (&in)[L::cols][R::cols], X (&out)[L
 template <class T, std::size_t M>
 struct Plan {
   static constexpr std::size_t V = lanes<T>, a = M + 2, XI = a * a;
-  std::size_t C, O, H, W, P, HO, WO, th, tw, tiles, tp, rows, pitch, opitch;
+  std::size_t C, O, H, W, P, HO, WO, th, tw, tiles, batch, tp, rows, pitch, opitch;
   std::size_t vs, ms;  // one xi's block of V (C x tp) and of M (O x tp), see spread()
   std::size_t split_in, v, m, split_out, size;
-  Plan(std::size_t C_, std::size_t O_, std::size_t H_, std::size_t W_, std::size_t P_)
+  /// batch: samples whose tiles the buffers hold side by side (the weight gradient's: sample k's tiles
+  /// at k * tiles_v() of each row, so that its dot products run over all of them at once).
+  Plan(std::size_t C_, std::size_t O_, std::size_t H_, std::size_t W_, std::size_t P_, std::size_t batch_ = 1)
       : C(C_), O(O_), H(H_), W(W_), P(P_), HO(H_ + 2 * P_ - 2), WO(W_ + 2 * P_ - 2), th((HO + M - 1) / M), tw((WO + M - 1) / M),
-        tiles(th * tw), tp(up(tiles) + V), rows(M * th + 2), pitch(tw + 1), opitch(up(tw)), vs(spread(C * tp)), ms(spread(O * tp)) {
+        tiles(th * tw), batch(batch_), tp(batch_ * up(tiles) + V), rows(M * th + 2), pitch(tw + 1), opitch(up(tw)),
+        vs(spread(C * tp)), ms(spread(O * tp)) {
     split_in = 0;
     v = split_in + align(C * rows * M * pitch + M * pitch + 2 * V);  // (a row's vectors read past its end)
     m = v + XI * vs;
@@ -531,27 +534,21 @@ void clear_weight_grad(const Plan<T, M>& p, const GradPlan<T, M>& q, T* buf) {
   std::fill(buf + q.acc, buf + q.size, T{0});
   auto tails = [&](T* block, std::size_t block_stride, std::size_t channels) {
     for (std::size_t xi = 0; xi < p.XI; ++xi)
-      for (std::size_t k = 0; k < channels; ++k) {
-        T* row = block + xi * block_stride + k * p.tp;
-        std::fill(row + p.tiles, row + p.tiles_v(), T{0});
-      }
+      for (std::size_t k = 0; k < channels; ++k)
+        for (std::size_t s = 0; s < p.batch; ++s) {  // (each sample's segment of the row)
+          T* row = block + xi * block_stride + k * p.tp + s * p.tiles_v();
+          std::fill(row + p.tiles, row + p.tiles_v(), T{0});
+        }
   };
   tails(buf + q.dm, p.ms, p.O);
   tails(buf + p.v, p.vs, p.C);
 }
 
-/// One sample's weight gradient, into the vector partial sums (g: the output gradient, O x HO x WO at
-/// strides go, gh, gw; src: the input, as for convolve); buf cleared by clear_weight_grad() before the
-/// call's first sample.
+/// The dot products of the first k samples' tiles (k <= p.batch) into the vector partial sums.
 template <std::size_t M, class T>
-void accumulate_weight_grad(const Plan<T, M>& p, const GradPlan<T, M>& q, const T* src, std::ptrdiff_t sc, std::ptrdiff_t sh,
-                            std::ptrdiff_t sw, const T* g, std::ptrdiff_t go, std::ptrdiff_t gh, std::ptrdiff_t gw, T* buf) {
+void weight_grad_dots(const Plan<T, M>& p, const GradPlan<T, M>& q, std::size_t k, T* buf) {
   constexpr std::size_t V = lanes<T>, CB = plane_conv::channel_block, CC = 3;
-  split<M>(src, sc, sh, sw, p.C, p.H, p.W, buf + p.split_in, p.rows, p.pitch, p.P, p.P);
-  transform_input(p, buf + p.split_in, buf + p.v);
-  split<M>(g, go, gh, gw, p.O, p.HO, p.WO, buf + q.sg, M * p.th, p.opitch, 0, 0);
-  transform_grad(p, buf + q.sg, buf + q.dm);
-  const std::size_t n = p.tiles_v();
+  const std::size_t n = k * p.tiles_v();
   for (std::size_t xi = 0; xi < p.XI; ++xi) {
     const T* dm = buf + q.dm + xi * p.ms;
     const T* v = buf + p.v + xi * p.vs;
@@ -567,13 +564,33 @@ void accumulate_weight_grad(const Plan<T, M>& p, const GradPlan<T, M>& q, const 
   }
 }
 
+/// One sample's weight gradient (g: the output gradient, O x HO x WO at strides go, gh, gw; src: the
+/// input, as for convolve): its tiles transformed into segment `pending` of the buffers, then, once
+/// p.batch samples are there, their dot products into the vector partial sums (pending back to 0).
+/// buf cleared by clear_weight_grad() before the call's first sample; finish_weight_grad() takes the rest.
+template <std::size_t M, class T>
+void accumulate_weight_grad(const Plan<T, M>& p, const GradPlan<T, M>& q, const T* src, std::ptrdiff_t sc, std::ptrdiff_t sh,
+                            std::ptrdiff_t sw, const T* g, std::ptrdiff_t go, std::ptrdiff_t gh, std::ptrdiff_t gw, T* buf,
+                            std::size_t& pending) {
+  const std::size_t at = pending * p.tiles_v();
+  split<M>(src, sc, sh, sw, p.C, p.H, p.W, buf + p.split_in, p.rows, p.pitch, p.P, p.P);
+  transform_input(p, buf + p.split_in, buf + p.v + at);
+  split<M>(g, go, gh, gw, p.O, p.HO, p.WO, buf + q.sg, M * p.th, p.opitch, 0, 0);
+  transform_grad(p, buf + q.sg, buf + q.dm + at);
+  if (++pending == p.batch) {
+    weight_grad_dots(p, q, pending, buf);
+    pending = 0;
+  }
+}
+
 /// dw += the weight gradient of the partial sums accumulated so far (their lanes added, then G^T dU G);
 /// dU: a^2 x O x C elements of scratch.
 template <std::size_t M, class T>
-void finish_weight_grad(const Plan<T, M>& p, const GradPlan<T, M>& q, const T* buf, T* dU, T* dw, std::ptrdiff_t wo,
-                        std::ptrdiff_t wc, std::ptrdiff_t wt) {
+void finish_weight_grad(const Plan<T, M>& p, const GradPlan<T, M>& q, T* buf, std::size_t pending, T* dU, T* dw,
+                        std::ptrdiff_t wo, std::ptrdiff_t wc, std::ptrdiff_t wt) {
   using Pk = Packet<T>;
   constexpr std::size_t V = lanes<T>;
+  if (pending > 0) weight_grad_dots(p, q, pending, buf);
   for (std::size_t k = 0; k < p.XI * p.O * p.C; ++k) dU[k] = ei::predux(ei::ploadu<Pk>(buf + q.acc + k * V));
   add_weight_grad<M>(p.O, p.C, dU, dw, wo, wc, wt);
 }
