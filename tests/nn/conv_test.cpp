@@ -132,6 +132,17 @@ TEST_CASE("conv2d, stride 1 on the host: register blocks and their remainders ag
   direct_case<double, 1, 1, 1, 1>(1e-12);  // padding past D (K - 1): the im2col path
 }
 
+namespace {
+/// Forces host::winograd_tile() for its scope; back to automatic on exit (also when a REQUIRE throws, so
+/// a failure does not leave the tile forced for the test cases after it).
+struct ForcedTile {
+  explicit ForcedTile(std::size_t m) { loom::host::winograd_tile() = m; }
+  ~ForcedTile() { loom::host::winograd_tile() = 0; }
+  ForcedTile(const ForcedTile&) = delete;
+  ForcedTile& operator=(const ForcedTile&) = delete;
+};
+}  // namespace
+
 TEST_CASE("conv2d 3x3 by Winograd's F(2x2, 3x3) and F(4x4, 3x3) on the host: against the definition, on threads, gradients") {
   using loom::backend::cpu::winograd::stats;
   const std::size_t before = stats().forwards, before_bwd = stats().backwards, before_f4 = stats().f4;
@@ -143,7 +154,7 @@ TEST_CASE("conv2d 3x3 by Winograd's F(2x2, 3x3) and F(4x4, 3x3) on the host: aga
   // while the largest error stays ~1e-6 of the largest magnitude; the direct kernels: 1e-5 per element).
   for (std::size_t m : {2, 4}) {
     CAPTURE(m);
-    loom::host::winograd_tile() = m;
+    const ForcedTile tile(m);
     direct_case<float, 1, 1, 3, 3, 8, 8, 9, 13>(1e-5, true);
     direct_case<float, 0, 1, 3, 3, 9, 17, 10, 12>(1e-5, true);
     direct_case<float, 2, 1, 3, 3, 8, 11, 7, 7>(1e-5, true);
@@ -157,7 +168,6 @@ TEST_CASE("conv2d 3x3 by Winograd's F(2x2, 3x3) and F(4x4, 3x3) on the host: aga
     direct_case<double, 0, 1, 3, 3, 9, 8, 6, 35>(1e-12);
     direct_case<double, 2, 1, 3, 3, 8, 8, 10, 10>(1e-12);
   }
-  loom::host::winograd_tile() = 0;
 #if defined(LOOM_CPU_RUNS_DEVICE_KERNELS)
   MESSAGE("the op suite through the device code: conv2d runs the device's kernels (Winograd is the host's path)");
   (void)before, (void)before_bwd, (void)before_f4;
@@ -170,30 +180,28 @@ TEST_CASE("conv2d 3x3 by Winograd's F(2x2, 3x3) and F(4x4, 3x3) on the host: aga
   auto w = loom::testing::param<Shape<9, 8, 3, 3>>(58);
   for (std::size_t m : {2, 4}) {
     CAPTURE(m);
-    loom::host::winograd_tile() = m;
+    const ForcedTile tile(m);
     loom::testing::gradcheck([&] { return conv2d<1, 1>(x, w); }, x, w);
     loom::testing::gradcheck([&] { return conv2d<1, 2>(x, w); }, x, w);
   }
-  loom::host::winograd_tile() = 0;
 #ifdef _OPENMP
   auto y = conv2d<1, 1>(x, w);
   auto step = compile(sum(y * tanh(y)));
   for (std::size_t m : {2, 4}) {
-  CAPTURE(m);
-  loom::host::winograd_tile() = m;
-  loom::testing::same_on_threads([&] {
-    x.zero_grad(), w.zero_grad();
-    auto v = loom::testing::values(step.forward());
-    step.backward();
-    return std::vector{v, loom::testing::values(x.grad()), loom::testing::values(w.grad())};
-  }, [&](const auto& r, const auto& one) {  // equal up to the order of dW's partial sums
-    for (std::size_t k = 0; k < r.size(); ++k) {
-      REQUIRE(r[k].size() == one[k].size());
-      for (std::size_t i = 0; i < r[k].size(); ++i) CHECK(r[k][i] == doctest::Approx(one[k][i]).epsilon(1e-12));
-    }
-  });
+    CAPTURE(m);
+    const ForcedTile tile(m);
+    loom::testing::same_on_threads([&] {
+      x.zero_grad(), w.zero_grad();
+      auto v = loom::testing::values(step.forward());
+      step.backward();
+      return std::vector{v, loom::testing::values(x.grad()), loom::testing::values(w.grad())};
+    }, [&](const auto& r, const auto& one) {  // equal up to the order of dW's partial sums
+      for (std::size_t k = 0; k < r.size(); ++k) {
+        REQUIRE(r[k].size() == one[k].size());
+        for (std::size_t i = 0; i < r[k].size(); ++i) CHECK(r[k][i] == doctest::Approx(one[k][i]).epsilon(1e-12));
+      }
+    });
   }
-  loom::host::winograd_tile() = 0;
 #endif
   // and the direct kernels give the same (host::winograd_conv() = false)
   Generator gen(59);
