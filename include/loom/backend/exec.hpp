@@ -3,12 +3,10 @@
 #pragma once
 #include <algorithm>
 #include <cstddef>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #include "../core/device.hpp"
 #include "../expr/slots.hpp"
+#include "cpu/parallel.hpp"
 
 namespace loom {
 
@@ -78,7 +76,7 @@ void each(std::size_t n, const F& f) {
       for (std::size_t i = i0; i < i1; i += B) f.block(i, std::min(B, i1 - i));
     };
 #ifdef _OPENMP
-    if (n >= (std::size_t{1} << 16) && omp_get_max_threads() > 1 && !omp_in_parallel()) {
+    if (n >= (std::size_t{1} << 16) && cpu::free_threads() > 1) {
 #pragma omp parallel
       {
         const std::size_t t = static_cast<std::size_t>(omp_get_thread_num()),

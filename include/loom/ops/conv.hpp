@@ -390,7 +390,7 @@ struct Conv2d {
   template <class T, class Body>
   static void over_samples(std::size_t N, std::size_t col_size, T* col, Body&& body) {
 #ifdef _OPENMP
-    if (N > 1 && omp_get_max_threads() > 1 && !omp_in_parallel()) {
+    if (N > 1 && backend::cpu::free_threads() > 1) {
 #pragma omp parallel
       {
         const auto t = static_cast<std::size_t>(omp_get_thread_num()), nt = static_cast<std::size_t>(omp_get_num_threads());

@@ -11,10 +11,7 @@
 #include "../../expr/expr.hpp"
 #include "../../expr/slots.hpp"
 #include "../exec.hpp"
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include "parallel.hpp"
 
 namespace loom::backend::cpu {
 
@@ -470,8 +467,7 @@ void run_fused(Dims<R> dims, bool parallel, O&&... outs) {
     // Rows reduced into their own element may run on different threads; chunks of one reduced row
     // may not (they accumulate into the same element), nor may rows reduced into a shared one.
     const bool zero_dest = zero_outer || (zero_inner && per_row > 1);
-    const bool par = parallel && !zero_dest && items > 1 && numel(dims) >= (std::size_t{1} << 15) &&
-                     omp_get_max_threads() > 1 && !omp_in_parallel();
+    const bool par = parallel && !zero_dest && items > 1 && numel(dims) >= (std::size_t{1} << 15) && free_threads() > 1;
     if (par) {
 #pragma omp parallel
       {

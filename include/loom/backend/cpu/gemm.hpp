@@ -9,10 +9,7 @@
 
 #include "../../core/tensor.hpp"
 #include "../../expr/slots.hpp"
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include "parallel.hpp"
 #ifdef LOOM_USE_CBLAS
 #include <cblas.h>
 #endif
@@ -181,15 +178,28 @@ void gemm(const detail::View<T, 2>& C, const detail::View<T, 2>& A, const detail
   auto [ob, ldb] = layout(B);
   if (!c_col || oa < 0 || ob < 0) return gemm_loop(C, A, B, true);
   const Index ldc = std::max<Index>(C.strides[1], static_cast<Index>(M));
+  const auto Mi = static_cast<Index>(M);
+  // Rows of C split over OpenMP threads for a large product outside a parallel region; others run here.
+  const bool split = 2.0 * double(M) * double(N) * double(K) >= 4e6 && M >= 32 && free_threads() > 1;
 #ifdef LOOM_USE_CBLAS
-  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {  // the BLAS threads itself
-    const auto ta = oa == Eigen::ColMajor ? CblasNoTrans : CblasTrans, tb = ob == Eigen::ColMajor ? CblasNoTrans : CblasTrans;
-    const auto m = static_cast<int>(M), n = static_cast<int>(N), k = static_cast<int>(K);
-    if constexpr (std::is_same_v<T, float>)
-      cblas_sgemm(CblasColMajor, ta, tb, m, n, k, 1.0f, A.data, int(lda), B.data, int(ldb), 1.0f, C.data, int(ldc));
-    else
-      cblas_dgemm(CblasColMajor, ta, tb, m, n, k, 1.0, A.data, int(lda), B.data, int(ldb), 1.0, C.data, int(ldc));
-    return;
+  // The BLAS takes the products that run on one thread where it will not start threads of its own:
+  // all of them when loom has one thread, and below 2^18 multiply-adds (OpenBLAS's own bound for
+  // running sgemm/dgemm on the calling thread) otherwise. The rest stay on Eigen's kernel, split over
+  // loom's threads: a BLAS threading a product while loom's OpenMP threads spin for the next region
+  // oversubscribes the cores and allocates per call (measured, docs/performance.md: the MLP step at
+  // batch 512 on 2 threads took 8.5 ms with its three 2^20-multiply-add products on OpenBLAS, 3 heap
+  // allocations a step; 4.0 ms on Eigen's kernel). Inside a parallel region (conv's samples,
+  // attention's heads) the caller threads: Eigen's kernel, never the BLAS from several threads at once.
+  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
+    if (!in_parallel() && (free_threads() == 1 || double(M) * double(N) * double(K) <= double(1 << 18))) {
+      const auto ta = oa == Eigen::ColMajor ? CblasNoTrans : CblasTrans, tb = ob == Eigen::ColMajor ? CblasNoTrans : CblasTrans;
+      const auto m = static_cast<int>(M), n = static_cast<int>(N), k = static_cast<int>(K);
+      if constexpr (std::is_same_v<T, float>)
+        cblas_sgemm(CblasColMajor, ta, tb, m, n, k, 1.0f, A.data, int(lda), B.data, int(ldb), 1.0f, C.data, int(ldc));
+      else
+        cblas_dgemm(CblasColMajor, ta, tb, m, n, k, 1.0, A.data, int(lda), B.data, int(ldb), 1.0, C.data, int(ldc));
+      return;
+    }
   }
 #endif
   // (init-captures: clang before 16 cannot capture structured bindings)
@@ -202,10 +212,8 @@ void gemm(const detail::View<T, 2>& C, const detail::View<T, 2>& A, const detail
     else if (ob == Eigen::RowMajor) run<T, Eigen::ColMajor, Eigen::RowMajor>(m, n, k, a, lda, B.data, ldb, c, ldc);
     else run<T, Eigen::ColMajor, Eigen::ColMajor>(m, n, k, a, lda, B.data, ldb, c, ldc);
   };
-  const auto Mi = static_cast<Index>(M);
 #ifdef _OPENMP
-  const double flops = 2.0 * double(M) * double(N) * double(K);
-  if (flops >= 4e6 && M >= 32 && omp_get_max_threads() > 1 && !omp_in_parallel()) {
+  if (split) {
 #pragma omp parallel
     {
       const Index t = omp_get_thread_num(), nt = omp_get_num_threads();
