@@ -1,8 +1,9 @@
 // The host GEMM (backend/cpu/gemm.hpp) on every path it takes: rank-1 and GEMV shortcuts, Eigen's
 // kernel on one thread and split over threads, called from inside a parallel region (conv's samples,
-// attention's heads), the plain loop for other strides; and, in the build with LOOM_USE_CBLAS
-// (loom_blas_tests), the BLAS for products run on one thread. Row- and column-major operands, padded
-// leading dimensions, C = A B and C += A B, float and double, against a double-precision sum.
+// attention's heads), the plain loop for other strides; and, in the builds with LOOM_USE_CBLAS
+// (loom_blas_pthread_tests, loom_blas_openmp_tests), the BLAS where gemm.hpp routes to it for the way it
+// threads. Row- and column-major operands, padded leading dimensions, C = A B and C += A B, float and
+// double, against a double-precision sum.
 #include <doctest/doctest.h>
 #include <loom/backend/cpu/gemm.hpp>
 
@@ -146,8 +147,9 @@ TEST_CASE("gemm: every path, float and double") {
 
 #ifdef _OPENMP
 TEST_CASE("gemm: called from the threads of a parallel region") {
-  // Each of 4 threads multiplies its own operands (the pattern of conv's samples): every call runs
-  // where it was made, on Eigen's kernel (never a BLAS's own threads), and gives the sum.
+  // Each of 4 threads multiplies its own operands (the pattern of conv's samples): every call runs on
+  // the thread that made it — Eigen's kernel, or a BLAS that threads on OpenMP (which then runs the call
+  // there), never one that would start threads of its own in each call — and gives the sum.
   loom::testing::RestoreThreads restore;
   omp_set_num_threads(4);
   constexpr int P = 4;
@@ -181,5 +183,13 @@ TEST_CASE("gemm: called from the threads of a parallel region") {
     CAPTURE(t);
     CHECK(bad[static_cast<std::size_t>(t)] == 0);
   }
+}
+#endif
+
+#ifdef LOOM_TEST_BLAS_ON_OPENMP
+TEST_CASE("gemm: the BLAS's threading is recognized") {
+  // loom_blas_openmp_tests runs on OpenMP's OpenBLAS, loom_blas_pthread_tests on the pthreads one: the
+  // route above depends on telling them apart.
+  CHECK(loom::backend::cpu::detail_gemm::blas_on_openmp() == bool(LOOM_TEST_BLAS_ON_OPENMP));
 }
 #endif

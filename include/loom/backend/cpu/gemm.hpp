@@ -12,6 +12,9 @@
 #include "parallel.hpp"
 #ifdef LOOM_USE_CBLAS
 #include <cblas.h>
+// OpenBLAS's report of how it threads a call (its extension: 0 not at all, 1 on threads of its own, 2 on
+// OpenMP's); a weak reference, null when the BLAS is another.
+extern "C" int openblas_get_parallel(void) __attribute__((weak));
 #endif
 
 namespace loom::backend::cpu {
@@ -145,6 +148,28 @@ bool rank1(const loom::detail::View<T, 2>& C, const loom::detail::View<T, 2>& A,
   return true;
 }
 
+#ifdef LOOM_USE_CBLAS
+/// Whether the BLAS threads on OpenMP (OpenBLAS built with USE_OPENMP: Debian's libopenblas0-openmp). Such
+/// a BLAS runs a call made inside a parallel region on the calling thread, so it can take the rows loom
+/// splits over its threads; one with threads of its own (OpenBLAS's pthreads build) would start them in
+/// every thread's call.
+inline bool blas_on_openmp() {
+  static const bool on = openblas_get_parallel != nullptr && openblas_get_parallel() == 2;
+  return on;
+}
+
+/// C[M x N] (column-major, ldc) += A B on the BLAS, A and B in the given orders.
+template <class T>
+void blas(int oa, int ob, Index M, Index N, Index K, const T* a, Index lda, const T* b, Index ldb, T* c, Index ldc) {
+  const auto ta = oa == Eigen::ColMajor ? CblasNoTrans : CblasTrans, tb = ob == Eigen::ColMajor ? CblasNoTrans : CblasTrans;
+  const auto m = static_cast<int>(M), n = static_cast<int>(N), k = static_cast<int>(K);
+  if constexpr (std::is_same_v<T, float>)
+    cblas_sgemm(CblasColMajor, ta, tb, m, n, k, 1.0f, a, int(lda), b, int(ldb), 1.0f, c, int(ldc));
+  else
+    cblas_dgemm(CblasColMajor, ta, tb, m, n, k, 1.0, a, int(lda), b, int(ldb), 1.0, c, int(ldc));
+}
+#endif
+
 }  // namespace detail_gemm
 
 /// C = A * B, or C += A * B when `accumulate`.
@@ -182,31 +207,29 @@ void gemm(const detail::View<T, 2>& C, const detail::View<T, 2>& A, const detail
   // Rows of C split over OpenMP threads for a large product outside a parallel region; others run here.
   const bool split = 2.0 * double(M) * double(N) * double(K) >= 4e6 && M >= 32 && free_threads() > 1;
 #ifdef LOOM_USE_CBLAS
-  // The BLAS takes the products that run on one thread where it will not start threads of its own:
-  // all of them when loom has one thread, and below 2^18 multiply-adds (OpenBLAS's own bound for
-  // running sgemm/dgemm on the calling thread) otherwise. The rest stay on Eigen's kernel, split over
-  // loom's threads: a BLAS threading a product while loom's OpenMP threads spin for the next region
-  // oversubscribes the cores and allocates per call (measured, docs/performance.md: the MLP step at
-  // batch 512 on 2 threads took 8.5 ms with its three 2^20-multiply-add products on OpenBLAS, 3 heap
-  // allocations a step; 4.0 ms on Eigen's kernel). Inside a parallel region (conv's samples,
-  // attention's heads) the caller threads: Eigen's kernel, never the BLAS from several threads at once.
-  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
-    if (!in_parallel() && (free_threads() == 1 || double(M) * double(N) * double(K) <= double(1 << 18))) {
-      const auto ta = oa == Eigen::ColMajor ? CblasNoTrans : CblasTrans, tb = ob == Eigen::ColMajor ? CblasNoTrans : CblasTrans;
-      const auto m = static_cast<int>(M), n = static_cast<int>(N), k = static_cast<int>(K);
-      if constexpr (std::is_same_v<T, float>)
-        cblas_sgemm(CblasColMajor, ta, tb, m, n, k, 1.0f, A.data, int(lda), B.data, int(ldb), 1.0f, C.data, int(ldc));
-      else
-        cblas_dgemm(CblasColMajor, ta, tb, m, n, k, 1.0, A.data, int(lda), B.data, int(ldb), 1.0, C.data, int(ldc));
-      return;
-    }
-  }
+  // Which products the BLAS takes depends on how it threads. On OpenMP (blas_on_openmp()): all of them,
+  // a split one each thread's rows (it runs them on the calling thread, from loom's thread team). With
+  // threads of its own: those that run on one thread where it will not start its threads — all when
+  // loom has one thread, and below 2^18 multiply-adds (OpenBLAS's own bound for running sgemm/dgemm on
+  // the calling thread) otherwise; the rest stay on Eigen's kernel. A BLAS threading a product while
+  // loom's OpenMP threads spin for the next region oversubscribes the cores and allocates per call
+  // (measured, docs/performance.md: the MLP step at batch 512 on 2 threads took 8.5 ms with its three
+  // 2^20-multiply-add products on OpenBLAS's pthreads, 3 heap allocations a step; 4.0 ms on Eigen's
+  // kernel), and called from several threads at once (conv's samples, attention's heads) it would start
+  // its threads in each.
+  constexpr bool blas_type = std::is_same_v<T, float> || std::is_same_v<T, double>;
+  const bool blas = blas_type && (blas_on_openmp() ||
+                                  (!in_parallel() && (free_threads() == 1 || double(M) * double(N) * double(K) <= double(1 << 18))));
 #endif
   // (init-captures: clang before 16 cannot capture structured bindings)
   auto rows = [&, oa = oa, ob = ob, lda = lda, ldb = ldb](Index m0, Index m1) {
     const T* a = A.data + m0 * A.strides[0];
     T* c = C.data + m0 * C.strides[0];
     const auto m = m1 - m0, n = static_cast<Index>(N), k = static_cast<Index>(K);
+#ifdef LOOM_USE_CBLAS
+    if constexpr (blas_type)
+      if (blas) return detail_gemm::blas<T>(oa, ob, m, n, k, a, lda, B.data, ldb, c, ldc);
+#endif
     if (oa == Eigen::RowMajor && ob == Eigen::RowMajor) run<T, Eigen::RowMajor, Eigen::RowMajor>(m, n, k, a, lda, B.data, ldb, c, ldc);
     else if (oa == Eigen::RowMajor) run<T, Eigen::RowMajor, Eigen::ColMajor>(m, n, k, a, lda, B.data, ldb, c, ldc);
     else if (ob == Eigen::RowMajor) run<T, Eigen::ColMajor, Eigen::RowMajor>(m, n, k, a, lda, B.data, ldb, c, ldc);
