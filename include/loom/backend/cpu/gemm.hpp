@@ -204,23 +204,26 @@ void gemm(const detail::View<T, 2>& C, const detail::View<T, 2>& A, const detail
   if (!c_col || oa < 0 || ob < 0) return gemm_loop(C, A, B, true);
   const Index ldc = std::max<Index>(C.strides[1], static_cast<Index>(M));
   const auto Mi = static_cast<Index>(M);
-  // Rows of C split over OpenMP threads for a large product outside a parallel region; others run here.
-  const bool split = 2.0 * double(M) * double(N) * double(K) >= 4e6 && M >= 32 && free_threads() > 1;
+  // Which products a BLAS takes depends on how it threads; it must never thread one itself while loom's
+  // OpenMP threads spin for the next region (the cores oversubscribed), nor allocate per call as
+  // OpenBLAS's threaded calls do (measured, docs/performance.md: the MLP step at batch 512 on 2 threads
+  // took 8.5 ms, 3 heap allocations a step, with its three 2^20-multiply-add products threaded by
+  // OpenBLAS's pthreads; 4.0 ms, none, on Eigen's kernel). A BLAS on OpenMP (blas_on_openmp()) runs a
+  // call made inside a parallel region on the calling thread: it takes every product, loom splitting
+  // the rows of any it would thread (above 2^18 multiply-adds, OpenBLAS's bound) over its own team. A
+  // BLAS with threads of its own takes the products that run on one thread where it will not start
+  // them: all when loom has one thread, below 2^18 multiply-adds otherwise, never from inside a
+  // parallel region (conv's samples, attention's heads: it would start its threads in each call); the
+  // rest stay on Eigen's kernel, split over loom's threads when large.
+  const double mnk = double(M) * double(N) * double(K);
 #ifdef LOOM_USE_CBLAS
-  // Which products the BLAS takes depends on how it threads. On OpenMP (blas_on_openmp()): all of them,
-  // a split one each thread's rows (it runs them on the calling thread, from loom's thread team). With
-  // threads of its own: those that run on one thread where it will not start its threads — all when
-  // loom has one thread, and below 2^18 multiply-adds (OpenBLAS's own bound for running sgemm/dgemm on
-  // the calling thread) otherwise; the rest stay on Eigen's kernel. A BLAS threading a product while
-  // loom's OpenMP threads spin for the next region oversubscribes the cores and allocates per call
-  // (measured, docs/performance.md: the MLP step at batch 512 on 2 threads took 8.5 ms with its three
-  // 2^20-multiply-add products on OpenBLAS's pthreads, 3 heap allocations a step; 4.0 ms on Eigen's
-  // kernel), and called from several threads at once (conv's samples, attention's heads) it would start
-  // its threads in each.
   constexpr bool blas_type = std::is_same_v<T, float> || std::is_same_v<T, double>;
-  const bool blas = blas_type && (blas_on_openmp() ||
-                                  (!in_parallel() && (free_threads() == 1 || double(M) * double(N) * double(K) <= double(1 << 18))));
+  const bool omp_blas = blas_type && blas_on_openmp();
+  const bool blas = omp_blas || (blas_type && !in_parallel() && (free_threads() == 1 || mnk <= double(1 << 18)));
+#else
+  constexpr bool omp_blas = false;
 #endif
+  const bool split = free_threads() > 1 && (omp_blas ? mnk > double(1 << 18) : 2.0 * mnk >= 4e6 && M >= 32);
   // (init-captures: clang before 16 cannot capture structured bindings)
   auto rows = [&, oa = oa, ob = ob, lda = lda, ldb = ldb](Index m0, Index m1) {
     const T* a = A.data + m0 * A.strides[0];
@@ -245,6 +248,8 @@ void gemm(const detail::View<T, 2>& C, const detail::View<T, 2>& A, const detail
     }
     return;
   }
+#else
+  (void)split;
 #endif
   rows(0, Mi);
 }
