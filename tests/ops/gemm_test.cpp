@@ -1,8 +1,8 @@
 // The host GEMM (backend/cpu/gemm.hpp) on every path it takes: rank-1 and GEMV shortcuts, Eigen's
 // kernel on one thread and split over threads, called from inside a parallel region (conv's samples,
-// attention's heads), the plain loop for other strides; and, in the builds with LOOM_USE_CBLAS
-// (loom_blas_pthread_tests, loom_blas_openmp_tests), the BLAS where gemm.hpp routes to it for the way it
-// threads. Row- and column-major operands, padded leading dimensions, C = A B and C += A B, float and
+// attention's heads), the plain loop for other strides; and, in the builds with LOOM_USE_CBLAS (the
+// suite where LOOM_USE_BLAS chose the BLAS; loom_gemm_blas_pthread_tests, loom_gemm_blas_openmp_tests),
+// the BLAS where gemm.hpp routes to it for the way it threads. Row- and column-major operands, padded leading dimensions, C = A B and C += A B, float and
 // double, against a double-precision sum.
 #include <doctest/doctest.h>
 #include <loom/backend/cpu/gemm.hpp>
@@ -188,7 +188,7 @@ TEST_CASE("gemm: called from the threads of a parallel region") {
 
 #ifdef LOOM_TEST_BLAS_ON_OPENMP
 TEST_CASE("gemm: the BLAS's threading is recognized") {
-  // loom_blas_openmp_tests runs on OpenMP's OpenBLAS, loom_blas_pthread_tests on the pthreads one: the
+  // loom_gemm_blas_openmp_tests runs on OpenMP's OpenBLAS, loom_gemm_blas_pthread_tests on the pthreads one: the
   // route above depends on telling them apart.
   CHECK(loom::backend::cpu::detail_gemm::blas_on_openmp() == bool(LOOM_TEST_BLAS_ON_OPENMP));
 }
