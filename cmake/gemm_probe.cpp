@@ -1,8 +1,8 @@
 // Configure-time measurement behind LOOM_USE_BLAS=AUTO: single-precision GEMM through loom's own
 // product (backend/cpu/gemm.hpp on Eigen's kernel, built without LOOM_USE_CBLAS) and through
 // cblas_sgemm, one thread each, at the shapes of the performance issue's matmul targets
-// (64^3, 256^3, 64x784x256) and one larger (512^3). Each shape's time is the fastest of five alternating
-// rounds of ~20 ms per kernel, so a drifting host gives both the same quiet moments. Prints a line per
+// (64^3, 256^3, 64x784x256) and one larger (512^3). Each shape's time is the fastest of nine alternating
+// rounds of ~10 ms per kernel, so a drifting host gives both the same quiet moments. Prints a line per
 // shape and, last, "choice: blas" when the BLAS's geometric-mean time is below 0.97x Eigen's, else
 // "choice: eigen" (a tie keeps Eigen, which needs no library).
 #include <cblas.h>
@@ -49,9 +49,9 @@ int main() {
     };
     eigen();
     blas();
-    const int reps = std::max(1, static_cast<int>(0.02 / (2e-11 * m * k * n)));  // ~20 ms at 50 GFLOP/s
+    const int reps = std::max(1, static_cast<int>(0.01 / (2e-11 * m * k * n)));  // ~10 ms at 50 GFLOP/s
     double te = 1e30, tb = 1e30;
-    for (int round = 0; round < 5; ++round) {
+    for (int round = 0; round < 9; ++round) {
       te = std::min(te, seconds_per_call(eigen, reps));
       tb = std::min(tb, seconds_per_call(blas, reps));
     }
