@@ -1,6 +1,6 @@
 // Operator benchmarks: every op family, forward ("fwd") and forward + backward ("bwd"), at small,
 // medium and large sizes, named BM_<op>_<fwd|bwd>_<backend>; loom against hand-written Eigen for the
-// key workloads (elementwise chain, matmul, MLP step). LibTorch runs the same work in bench_torch
+// key workloads (elementwise chain, matmul, conv2d, MLP step). LibTorch runs the same work in bench_torch
 // (torch_ops.cpp). bench/compare runs both and prints loom / reference ratios.
 //   build/bench/bench/bench_ops --benchmark_format=json
 #include <loom/bench.hpp>
@@ -159,6 +159,58 @@ void BM_conv2d_loom(benchmark::State& s, bool bwd) {
   host::winograd_conv() = true;
   host::winograd_tile() = 0;
 }
+/// The same 3x3 convolution written by hand on Eigen (no framework): each sample lowered by im2col to a
+/// [C 9, H W] matrix and multiplied by the [O, C 9] weights (Caffe's lowering, Eigen's GEMM); the
+/// backward (seeded with ones, as loom's rows) adds the weight gradient G col^T and scatters W^T G back
+/// by col2im into the input gradient.
+template <std::size_t Cin, std::size_t Cout>
+void BM_conv2d_eigen(benchmark::State& s, bool bwd) {
+  const auto n = Eigen::Index(s.range(0)), hw = Eigen::Index(s.range(1));
+  constexpr Eigen::Index C = Cin, O = Cout, K = 3;
+  const Eigen::Index HW = hw * hw;
+  using M = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  M x = M::Random(n, C * HW), w = M::Random(O, C * K * K), y(n, O * HW), gx = M::Zero(n, C * HW), gw = M::Zero(O, C * K * K);
+  M col(C * K * K, HW), gcol(C * K * K, HW);
+  const M g = M::Ones(O, HW);
+  // Row (c, ki, kj) of col, output row oh: input row oh + ki - 1, columns [lo, hi) of the output valid
+  // (input column ow + kj - 1 inside the plane); f(segment of col, segment of the plane, length).
+  auto rows = [&](auto&& f) {
+    for (Eigen::Index c = 0; c < C; ++c)
+      for (Eigen::Index ki = 0; ki < K; ++ki)
+        for (Eigen::Index kj = 0; kj < K; ++kj) {
+          const Eigen::Index r = (c * K + ki) * K + kj, lo = std::max<Eigen::Index>(0, 1 - kj), hi = std::min(hw, hw + 1 - kj);
+          for (Eigen::Index oh = 0; oh < hw; ++oh) {
+            const Eigen::Index ih = oh + ki - 1;
+            f(r, oh * hw, ih >= 0 && ih < hw ? c * HW + ih * hw + lo + kj - 1 : -1, lo, hi);
+          }
+        }
+  };
+  bench::run(s, {.flops = (bwd ? 3 : 1) * bench::conv2d_flops(n, C, O, hw, hw, K, K), .bytes = 4.0 * n * (C + O) * HW}, [&] {
+    for (Eigen::Index i = 0; i < n; ++i) {
+      const float* xi = x.row(i).data();
+      rows([&](Eigen::Index r, Eigen::Index at, Eigen::Index src, Eigen::Index lo, Eigen::Index hi) {
+        float* d = col.row(r).data() + at;
+        if (src < 0) return (void)std::fill_n(d, hw, 0.0f);
+        std::fill_n(d, lo, 0.0f);
+        std::copy_n(xi + src, hi - lo, d + lo);
+        std::fill(d + hi, d + hw, 0.0f);
+      });
+      Eigen::Map<M> yi(y.row(i).data(), O, HW);
+      yi.noalias() = w * col;
+      if (bwd) {
+        gw.noalias() += g * col.transpose();
+        gcol.noalias() = w.transpose() * g;
+        float* gxi = gx.row(i).data();
+        rows([&](Eigen::Index r, Eigen::Index at, Eigen::Index src, Eigen::Index lo, Eigen::Index hi) {
+          if (src < 0) return;
+          Eigen::Map<Eigen::ArrayXf>(gxi + src, hi - lo) += Eigen::Map<const Eigen::ArrayXf>(gcol.row(r).data() + at + lo, hi - lo);
+        });
+      }
+    }
+    benchmark::DoNotOptimize(y.data());
+    benchmark::DoNotOptimize(gx.data());
+  });
+}
 void BM_maxpool_loom(benchmark::State& s, bool bwd) {
   const auto n = std::size_t(s.range(0)), c = std::size_t(s.range(1)), hw = std::size_t(s.range(2));
   Var<Shape<dyn, dyn, dyn, dyn>> x({n, c, hw, hw}, 4);
@@ -284,6 +336,7 @@ void register_all() {
   both("matmul", "eigen", BM_matmul_eigen, mm);
   both("bmm", LOOM_BENCH_BACKEND, BM_bmm_loom, {{8, 32, 32}, {16, 128, 64}, {16, 512, 64}});
   both("conv2d", LOOM_BENCH_BACKEND, BM_conv2d_loom<16, 32>, img);
+  both("conv2d", "eigen", BM_conv2d_eigen<16, 32>, img);
   // the host's paths forced, to compare them (3x3 convolutions take Winograd where it applies)
   both("conv2ddirect", LOOM_BENCH_BACKEND, BM_conv2d_loom<16, 32, 1>, {{32, 28}});
   both("conv2dwinograd2", LOOM_BENCH_BACKEND, BM_conv2d_loom<16, 32, 2>, {{32, 28}});
